@@ -1,0 +1,351 @@
+"""Typed, validated experiment configuration.
+
+One flat namespace on purpose: a config key is also the Parquet column and the
+``--set key=value`` flag, so there is one name for one concept everywhere. The
+config is validated once, at the edge (file or command line), into a frozen
+dataclass; nothing downstream mutates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+STRATEGIES = (
+    "random",
+    "entropy",
+    "sconf",
+    "margin",
+    "ripu",
+    "halo",
+    "halo_radius",
+    "boundaries",
+    "radius",
+    "radius_inv",
+)
+#: Strategies that read the hyperbolic radius and so need ``geometry: hyperbolic``.
+HYPERBOLIC_STRATEGIES = ("halo", "halo_radius", "boundaries", "radius", "radius_inv")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be turned into a valid config."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines one multi-round active-learning run."""
+
+    # --- identity -------------------------------------------------------------
+    experiment: str = "synthetic"  # name of the experiment; a Parquet column
+    seed: int = 0  # seeds model init, sampling and random selection
+
+    # --- data -------------------------------------------------------------------
+    data_root: str = "data/synthetic"  # folder holding <source>/ and <target>/ layouts
+    source: Literal["gtav", "cityscapes"] = "gtav"  # source layout under data_root
+    target: Literal["cityscapes", "acdc"] = "cityscapes"  # target layout under data_root
+    source_root: str | None = None  # overrides <data_root>/<source> (real datasets)
+    target_root: str | None = None  # overrides <data_root>/<target>
+    target_conditions: tuple[str, ...] = ("fog", "night", "rain")  # ACDC conditions
+    generate_data: bool = True  # write the embedded benchmark into data_root if it is missing
+    data_seed: int = 0  # seed of the embedded benchmark generator
+
+    # --- model ------------------------------------------------------------------
+    backbone: str = "tiny"  # CPU-friendly CNN; paper models arrive with issue 5
+    geometry: Literal["hyperbolic", "euclidean"] = "hyperbolic"  # head type
+    embed_dim: int = 64  # pixel embedding dimension D
+    curvature: float = 1.0  # Poincaré ball curvature c > 0 (initial value if learnable)
+    learnable_curvature: bool = False  # train c jointly with the network
+    hfr: bool = True  # hyperbolic feature reweighting before expmap0
+    hfr_norm: Literal["rms", "l2"] = "rms"  # HFR spatial normalisation; "l2" = HALO reference
+
+    # --- acquisition ------------------------------------------------------------
+    strategy: str = "halo"  # one of STRATEGIES
+    unit: Literal["region", "pixel"] = "region"  # RA labels squares, PA only centres
+    budget: float = 5.0  # total labelled share of target pixels, in percent (0, 100]
+    rounds: int = 5  # selection rounds R
+    region_size: int = 3  # odd side of a labelled square (2k+1)
+    suppression: int | None = None  # odd side of the suppression window; None = strategy default
+    bins: int = 8  # radius quantisation levels K for the HALO boundary score
+    boundary_window: int = 3  # odd side of the HALO boundary (impurity) window
+    reference: bool = False  # reproduce the released reference code's scores exactly
+
+    # --- training ---------------------------------------------------------------
+    loop: Literal["continuous", "retrain"] = "continuous"  # semantics of DESIGN §3
+    source_steps: int = 600  # source-only pre-training steps (cached by config hash)
+    round_steps: int = 100  # training steps after each selection round
+    batch_size: int = 8  # source images per step (and labelled target images per step)
+    lr: float = 0.01  # base learning rate (SGD, poly decay)
+    momentum: float = 0.9
+    weight_decay: float = 5.0e-4
+    poly_power: float = 0.9  # exponent of the poly learning-rate schedule
+    target_loss_weight: float = 1.0  # weight of the labelled-target cross-entropy
+    negative_learning: bool = False  # RIPU's negative-learning loss on target pixels
+    local_consistency: bool = False  # RIPU's 3x3 local-consistency loss on source pixels
+    eval_batch_size: int = 16
+
+    # --- runtime ----------------------------------------------------------------
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
+    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    source_cache: str = "runs/cache"  # where source pre-trained checkpoints are shared
+    log_every: int = 25  # progress line / loss scalar every N steps
+    log_images: int = 2  # target images whose radius/selection maps go to TensorBoard
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ------------------------------------------------------------------------------
+    @property
+    def suppression_size(self) -> int:
+        """The suppression window actually used: HALO's 11, otherwise RIPU's 2·region−1."""
+        if self.suppression is not None:
+            return self.suppression
+        if self.strategy in HYPERBOLIC_STRATEGIES:
+            return 11
+        return 2 * self.region_size - 1
+
+    @property
+    def source_path(self) -> Path:
+        return Path(self.source_root) if self.source_root else Path(self.data_root) / self.source
+
+    @property
+    def target_path(self) -> Path:
+        return Path(self.target_root) if self.target_root else Path(self.data_root) / self.target
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["target_conditions"] = list(self.target_conditions)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+    def source_key(self) -> str:
+        """Hash of everything that determines the source pre-trained model.
+
+        Runs whose keys agree share one cached source checkpoint.
+        """
+        keys = (
+            "seed", "data_root", "source", "source_root", "data_seed", "backbone", "geometry",
+            "embed_dim", "curvature", "learnable_curvature", "hfr", "hfr_norm", "source_steps",
+            "batch_size", "lr", "momentum", "weight_decay", "poly_power", "local_consistency",
+        )
+        payload = {k: getattr(self, k) for k in keys}
+        if self.loop == "continuous":
+            # the poly schedule spans source + rounds, so it shapes the source phase too
+            payload["total_steps"] = self.total_steps
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def total_steps(self) -> int:
+        """Length of the continuous schedule: source pre-training plus every round."""
+        return self.source_steps + self.rounds * self.round_steps
+
+    def run_id(self) -> str:
+        """Short stable id of this exact configuration."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------------
+# validation
+
+
+def _odd(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum or value % 2 == 0:
+        raise ConfigError(f"{name} must be an odd integer >= {minimum}, but got {name}={value}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if (value < 0) if allow_zero else (value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound}, but got {name}={value}")
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    """One check per key, each naming the key, the value and what is expected."""
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={cfg.strategy!r}")
+    if cfg.strategy in HYPERBOLIC_STRATEGIES and cfg.geometry != "hyperbolic":
+        raise ConfigError(
+            f"strategy={cfg.strategy!r} reads the hyperbolic radius and needs geometry='hyperbolic', "
+            f"but got geometry={cfg.geometry!r}"
+        )
+    if not (0 < cfg.budget <= 100) or not math.isfinite(cfg.budget):
+        raise ConfigError(f"budget is a percentage in (0, 100], but got budget={cfg.budget}")
+    if not (math.isfinite(cfg.curvature) and cfg.curvature > 0):
+        raise ConfigError(f"curvature must be > 0 (the ball's c), but got curvature={cfg.curvature}")
+    if cfg.bins < 2:
+        raise ConfigError(f"bins must be an integer >= 2, but got bins={cfg.bins}")
+    _odd("region_size", cfg.region_size)
+    _odd("boundary_window", cfg.boundary_window)
+    if cfg.suppression is not None:
+        _odd("suppression", cfg.suppression)
+    for name in ("rounds", "batch_size", "embed_dim", "eval_batch_size", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, but got {name}={getattr(cfg, name)}")
+    for name in ("source_steps", "round_steps", "log_images"):
+        _positive(name, getattr(cfg, name), allow_zero=True)
+    for name in ("lr", "poly_power"):
+        _positive(name, getattr(cfg, name))
+    for name in ("momentum", "weight_decay", "target_loss_weight"):
+        _positive(name, getattr(cfg, name), allow_zero=True)
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ConfigError(f"num_threads must be >= 1 or null, but got num_threads={cfg.num_threads}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got device={cfg.device!r}")
+    known = {"fog", "night", "rain", "snow"}
+    bad = [c for c in cfg.target_conditions if c not in known]
+    if bad or not cfg.target_conditions:
+        raise ConfigError(
+            f"target_conditions must be a non-empty subset of {sorted(known)}, but got {list(cfg.target_conditions)}"
+        )
+
+
+# ----------------------------------------------------------------------------------
+# parsing
+
+
+def _field_types() -> dict[str, Any]:
+    return get_type_hints(ExperimentConfig)
+
+
+def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
+    """Convert ``value`` to the annotated type of ``key`` or raise naming both."""
+    args = get_args(hint)
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{origin_name}: {key} must be one of {list(args)}, but got {key}={value!r}")
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(key, value, inner, origin_name)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{origin_name}: {key} must be a list, but got {key}={value!r}")
+        return tuple(_coerce(key, v, args[0], origin_name) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{origin_name}: {key} must be true or false, but got {key}={value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={value!r}")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{origin_name}: {key} must be a string, but got {key}={value!r}")
+    raise ConfigError(f"{origin_name}: unsupported type for {key}")  # pragma: no cover
+
+
+def build_config(values: dict[str, Any], *, origin: str = "config") -> ExperimentConfig:
+    """Validate a flat mapping into an :class:`ExperimentConfig`.
+
+    ``origin`` names where the values came from (file path, ``--set``) in every error.
+    """
+    hints = _field_types()
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"{origin}: unknown config key(s) {unknown}; known keys are {sorted(hints)}"
+        )
+    typed = {k: _coerce(k, v, hints[k], origin) for k, v in values.items()}
+    try:
+        return ExperimentConfig(**typed)
+    except ConfigError as err:
+        raise ConfigError(f"{origin}: {err}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["budget=2.2", "hfr=false"]`` into a mapping of raw YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, but got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key=value, but got {pair!r}")
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, but got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    values = read_yaml_mapping(path)
+    values.update(parse_overrides(overrides or []))
+    return build_config(values, origin=str(path))
+
+
+def config_keys() -> list[str]:
+    """All config keys, in declaration order."""
+    return [f.name for f in fields(ExperimentConfig)]
+
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "HYPERBOLIC_STRATEGIES",
+    "STRATEGIES",
+    "build_config",
+    "config_keys",
+    "load_config",
+    "parse_overrides",
+    "read_yaml_mapping",
+]

@@ -1,0 +1,462 @@
+"""Lazy readers for the official GTAV, Cityscapes and ACDC file layouts.
+
+Construction only lists files and checks that every image has its label file; pixels are
+decoded in ``__getitem__``, so opening a 25 k-image GTAV tree is cheap. Every reader
+returns :class:`Sample` objects with trainIds (0..18, 255 = ignore) whatever the layout
+stores on disk (Cityscapes labelIds, see :mod:`halo_ray.data.labels`).
+
+Layouts (``<root>`` is the folder passed to the reader)::
+
+    GTAV        <root>/images/00001.png                      RGB
+                <root>/labels/00001.png                      8-bit palette PNG of labelIds
+    Cityscapes  <root>/leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+                <root>/gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+    ACDC        <root>/rgb_anon/<condition>/<split>/<seq>/<seq>_frame_<n>_rgb_anon.png
+                <root>/gt/<condition>/<split>/<seq>/<seq>_frame_<n>_gt_labelIds.png
+
+Size mismatches: Cityscapes and ACDC labels must match their image exactly (a mismatch is
+a broken download and raises :class:`DatasetError`). Real GTAV ships a few image/label
+pairs of different sizes; there the label is resized to the image with nearest-neighbour
+sampling, as the usual GTAV loaders do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from halo_ray.data.labels import (
+    CITYSCAPES_CLASSES,
+    NUM_CLASSES,
+    LabelError,
+    to_train_ids,
+)
+
+__all__ = [
+    "ACDC_CONDITIONS",
+    "ACDCDataset",
+    "CityscapesDataset",
+    "DatasetError",
+    "GTAVDataset",
+    "InvalidLabelError",
+    "LAYOUTS",
+    "Sample",
+    "SegmentationDataset",
+    "acdc_files",
+    "cityscapes_files",
+    "gtav_files",
+    "open_dataset",
+]
+
+ACDC_CONDITIONS: tuple[str, ...] = ("fog", "night", "rain", "snow")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_CS_IMAGE_SUFFIX = "_leftImg8bit.png"
+_CS_LABEL_SUFFIX = "_gtFine_labelIds.png"
+_ACDC_IMAGE_SUFFIX = "_rgb_anon.png"
+_ACDC_LABEL_SUFFIX = "_gt_labelIds.png"
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class DatasetError(ValueError):
+    """A dataset folder does not hold the layout it should, or one of its files is bad."""
+
+
+class InvalidLabelError(DatasetError, LabelError):
+    """A label file holds a value that is not a Cityscapes labelId (both error kinds)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One decoded image/label pair."""
+
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+    label: np.ndarray  # [H, W] uint8 trainIds, 255 = ignore
+    name: str  # image path relative to the dataset root (posix), stable across machines
+
+
+# ----------------------------------------------------------------------------------
+# file naming (shared with the generator so writer and readers cannot drift apart)
+
+
+def gtav_files(root: Path, index: int) -> tuple[Path, Path]:
+    """(image, label) paths of GTAV item ``index`` (1-based, five digits as in the release)."""
+    name = f"{index:05d}.png"
+    return root / "images" / name, root / "labels" / name
+
+
+def cityscapes_files(root: Path, split: str, city: str, seq: int, frame: int) -> tuple[Path, Path]:
+    """(leftImg8bit, gtFine labelIds) paths of one Cityscapes frame."""
+    stem = f"{city}_{seq:06d}_{frame:06d}"
+    return (
+        root / "leftImg8bit" / split / city / f"{stem}{_CS_IMAGE_SUFFIX}",
+        root / "gtFine" / split / city / f"{stem}{_CS_LABEL_SUFFIX}",
+    )
+
+
+def acdc_files(
+    root: Path, condition: str, split: str, sequence: str, frame: int
+) -> tuple[Path, Path]:
+    """(rgb_anon, gt labelIds) paths of one ACDC frame."""
+    stem = f"{sequence}_frame_{frame:06d}"
+    return (
+        root / "rgb_anon" / condition / split / sequence / f"{stem}{_ACDC_IMAGE_SUFFIX}",
+        root / "gt" / condition / split / sequence / f"{stem}{_ACDC_LABEL_SUFFIX}",
+    )
+
+
+# ----------------------------------------------------------------------------------
+# decoding
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Decode an image file to RGB uint8 ``[H, W, 3]``; DatasetError naming the file if bad."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            return np.array(rgb, dtype=np.uint8)  # [H, W, 3]
+    except _READ_ERRORS as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except _READ_ERRORS as err:
+        raise DatasetError(f"cannot read image {path}: {err}") from err
+    return height, width
+
+
+def _read_label_ids(path: Path) -> np.ndarray:
+    """Decode a labelIds file (8-bit grayscale, 8-bit palette indices, or 16-bit grayscale)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                return np.array(im)  # [H, W]; palette PNGs give their indices
+    except _READ_ERRORS as err:
+        raise DatasetError(f"cannot read label file {path}: {err}") from err
+    raise DatasetError(
+        f"label file {path} has PIL mode {mode!r}; expected a single-channel labelIds image "
+        "(8-bit grayscale or palette), not a colour rendering of the labels"
+    )
+
+
+def _resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 image to ``size=(H, W)``."""
+    if image.shape[:2] == size:
+        return image
+    out = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(out)
+
+
+def _resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 label map to ``size=(H, W)`` (no new ids)."""
+    if label.shape == size:
+        return label
+    out = Image.fromarray(label).resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(out)
+
+
+def _check_size(size: Any) -> tuple[int, int] | None:
+    """Validate the optional output size ``(H, W)``."""
+    if size is None:
+        return None
+    ok = (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f"size must be None or (height, width) with positive integers, but got size={size!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def _check_split(split: Any, layout: str) -> str:
+    """``split`` must be one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise ValueError(
+            f"split must be one of {SPLITS} for the {layout} layout, but got split={split!r}"
+        )
+    return split
+
+
+def _require_dir(path: Path, expected: str) -> None:
+    """DatasetError naming ``path`` and the expected layout when the folder is missing."""
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a folder"
+        raise DatasetError(f"{path} {what}; expected {expected}")
+
+
+def _pair_labels(images: list[Path], label_of: Any, expected: str) -> list[tuple[Path, Path]]:
+    """Pair every image with its label path; DatasetError naming both if a label is missing."""
+    pairs = [(img, label_of(img)) for img in images]
+    listed: dict[Path, set[str]] = {}
+    for img, lbl in pairs:
+        folder = lbl.parent
+        if folder not in listed:
+            listed[folder] = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        if lbl.name not in listed[folder]:
+            raise DatasetError(f"image {img} has no label file: expected {lbl} ({expected})")
+    return pairs
+
+
+# ----------------------------------------------------------------------------------
+# readers
+
+
+class SegmentationDataset:
+    """Base reader: a sorted list of (image, label) files decoded on access.
+
+    Subclasses find the files of their layout and call ``__init__``; users index it like a
+    sequence. ``__getitem__`` is what training and evaluation call; ``load_label`` is the
+    cheaper label-only path for oracles and statistics.
+    """
+
+    layout: ClassVar[str] = ""
+    class_names: ClassVar[tuple[str, ...]] = CITYSCAPES_CLASSES
+    num_classes: ClassVar[int] = NUM_CLASSES
+    resize_mismatched_labels: ClassVar[bool] = False  # GTAV only: fix known size mismatches
+
+    def __init__(self, root: Path, pairs: Sequence[tuple[Path, Path]], *, size: Any = None) -> None:
+        self.root = Path(root)
+        self.size = _check_size(size)
+        ordered = sorted(pairs, key=lambda p: p[0].relative_to(self.root).as_posix())
+        self._images = [p[0] for p in ordered]
+        self._labels = [p[1] for p in ordered]
+        self.names: list[str] = [p.relative_to(self.root).as_posix() for p in self._images]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _index(self, i: Any) -> int:
+        """Normalise an integer index (negative from the end); IndexError when out of range."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index must be an integer, but got {type(i).__name__}")
+        n = len(self._images)
+        j = int(i) + n if i < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"index {int(i)} out of range for {type(self).__name__} of length {n}")
+        return j
+
+    def image_path(self, i: int) -> Path:
+        """Path of the image file of item ``i``."""
+        return self._images[self._index(i)]
+
+    def label_path(self, i: int) -> Path:
+        """Path of the label file of item ``i``."""
+        return self._labels[self._index(i)]
+
+    def _train_ids(self, j: int, image_hw: tuple[int, int]) -> np.ndarray:
+        """Label of item ``j`` as trainIds at the image's size (before the optional resize)."""
+        path = self._labels[j]
+        raw = _read_label_ids(path)
+        try:
+            label = to_train_ids(raw, source=str(path))
+        except LabelError as err:
+            raise InvalidLabelError(str(err)) from err
+        if label.shape != image_hw:
+            if not self.resize_mismatched_labels:
+                raise DatasetError(
+                    f"size mismatch: image {self._images[j]} is {image_hw[1]}x{image_hw[0]} (WxH) "
+                    f"but label {path} is {label.shape[1]}x{label.shape[0]}"
+                )
+            label = _resize_label(label, image_hw)
+        return label
+
+    def load_label(self, i: int) -> np.ndarray:
+        """Only the label of item ``i`` as trainIds ``[H, W]`` uint8 (reads the image header)."""
+        j = self._index(i)
+        label = self._train_ids(j, _image_size(self._images[j]))
+        return label if self.size is None else _resize_label(label, self.size)
+
+    def __getitem__(self, i: int) -> Sample:
+        j = self._index(i)
+        image = _read_image(self._images[j])  # [H, W, 3]
+        label = self._train_ids(j, image.shape[:2])  # [H, W]
+        if self.size is not None:
+            image, label = _resize_image(image, self.size), _resize_label(label, self.size)
+        return Sample(image=image, label=label, name=self.names[j])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for j in range(len(self)):
+            yield self[j]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, n={len(self)}, size={self.size})"
+
+
+class GTAVDataset(SegmentationDataset):
+    """GTAV ("Playing for Data"): ``images/*.png`` with palette ``labels/*.png`` of labelIds."""
+
+    layout = "gtav"
+    resize_mismatched_labels = True
+
+    def __init__(self, root: str | Path, *, size: Any = None) -> None:
+        root = Path(root)
+        expected = f"{root}/images/<nnnnn>.png with {root}/labels/<nnnnn>.png (GTAV layout)"
+        _require_dir(root, expected)
+        _require_dir(root / "images", expected)
+        _require_dir(root / "labels", expected)
+        images = sorted((root / "images").glob("*.png"))
+        if not images:
+            raise DatasetError(f"no images in {root / 'images'}; expected {expected}")
+        pairs = _pair_labels(images, lambda img: root / "labels" / img.name, expected)
+        super().__init__(root, pairs, size=size)
+
+
+class CityscapesDataset(SegmentationDataset):
+    """Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine`` labelIds."""
+
+    layout = "cityscapes"
+
+    def __init__(self, root: str | Path, split: str, *, size: Any = None) -> None:
+        root = Path(root)
+        self.split = _check_split(split, self.layout)
+        expected = (
+            f"{root}/leftImg8bit/{split}/<city>/*{_CS_IMAGE_SUFFIX} with "
+            f"{root}/gtFine/{split}/<city>/*{_CS_LABEL_SUFFIX} (Cityscapes layout)"
+        )
+        _require_dir(root, expected)
+        _require_dir(root / "leftImg8bit" / split, expected)
+        _require_dir(root / "gtFine" / split, expected)
+        images = sorted((root / "leftImg8bit" / split).glob(f"*/*{_CS_IMAGE_SUFFIX}"))
+        if not images:
+            raise DatasetError(
+                f"split {split!r} is empty: no images in {root / 'leftImg8bit' / split}; expected {expected}"
+            )
+
+        def label_of(img: Path) -> Path:
+            stem = img.name[: -len(_CS_IMAGE_SUFFIX)]
+            return root / "gtFine" / split / img.parent.name / f"{stem}{_CS_LABEL_SUFFIX}"
+
+        super().__init__(root, _pair_labels(images, label_of, expected), size=size)
+
+
+class ACDCDataset(SegmentationDataset):
+    """ACDC: ``rgb_anon/<condition>/<split>/<seq>/*_rgb_anon.png`` + ``gt`` labelIds.
+
+    ``conditions=None`` reads every condition folder present under ``rgb_anon/`` (at least
+    one of :data:`ACDC_CONDITIONS`); naming conditions explicitly requires each of them.
+    """
+
+    layout = "acdc"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        conditions: Sequence[str] | None = None,
+        size: Any = None,
+    ) -> None:
+        root = Path(root)
+        self.split = _check_split(split, self.layout)
+        expected = (
+            f"{root}/rgb_anon/<condition>/{split}/<sequence>/*{_ACDC_IMAGE_SUFFIX} with "
+            f"{root}/gt/<condition>/{split}/<sequence>/*{_ACDC_LABEL_SUFFIX} (ACDC layout), "
+            f"condition in {ACDC_CONDITIONS}"
+        )
+        _require_dir(root, expected)
+        _require_dir(root / "rgb_anon", expected)
+        _require_dir(root / "gt", expected)
+        self.conditions = self._resolve_conditions(root, conditions, expected)
+        images: list[Path] = []
+        for cond in self.conditions:
+            for top in ("rgb_anon", "gt"):
+                folder = root / top / cond / split
+                if not folder.is_dir():
+                    raise DatasetError(
+                        f"condition {cond!r}: {folder} does not exist; expected {expected}"
+                    )
+            found = sorted((root / "rgb_anon" / cond / split).glob(f"*/*{_ACDC_IMAGE_SUFFIX}"))
+            if not found:
+                raise DatasetError(
+                    f"split {split!r} of condition {cond!r} is empty: no images in "
+                    f"{root / 'rgb_anon' / cond / split}; expected {expected}"
+                )
+            images.extend(found)
+
+        def label_of(img: Path) -> Path:
+            cond = img.parent.parent.parent.name
+            stem = img.name[: -len(_ACDC_IMAGE_SUFFIX)]
+            return root / "gt" / cond / split / img.parent.name / f"{stem}{_ACDC_LABEL_SUFFIX}"
+
+        super().__init__(root, _pair_labels(images, label_of, expected), size=size)
+
+    @staticmethod
+    def _resolve_conditions(
+        root: Path, conditions: Sequence[str] | None, expected: str
+    ) -> tuple[str, ...]:
+        """Validate the requested conditions, or find the present ones when None."""
+        if conditions is None:
+            present = tuple(c for c in ACDC_CONDITIONS if (root / "rgb_anon" / c).is_dir())
+            if not present:
+                raise DatasetError(
+                    f"no condition folder under {root / 'rgb_anon'}; expected {expected}"
+                )
+            return present
+        if isinstance(conditions, str):
+            conditions = (conditions,)
+        conditions = tuple(conditions)
+        if not conditions:
+            raise ValueError(
+                f"conditions must name at least one of {ACDC_CONDITIONS}, but got conditions=()"
+            )
+        for cond in conditions:
+            if cond not in ACDC_CONDITIONS:
+                raise ValueError(
+                    f"conditions must be a subset of {ACDC_CONDITIONS}, but got {cond!r}"
+                )
+        if len(set(conditions)) != len(conditions):
+            raise ValueError(
+                f"conditions must not repeat a condition, but got conditions={conditions!r}"
+            )
+        for cond in conditions:
+            if not (root / "rgb_anon" / cond).is_dir():
+                raise DatasetError(
+                    f"condition {cond!r} is missing: {root / 'rgb_anon' / cond} does not exist; expected {expected}"
+                )
+        return conditions
+
+
+LAYOUTS: dict[str, type[SegmentationDataset]] = {
+    "gtav": GTAVDataset,
+    "cityscapes": CityscapesDataset,
+    "acdc": ACDCDataset,
+}
+
+
+def open_dataset(
+    layout: str, root: str | Path, split: str | None = None, **kwargs: Any
+) -> SegmentationDataset:
+    """Open a dataset by layout name ("gtav" | "cityscapes" | "acdc").
+
+    GTAV has no splits in its layout: ``split`` must be None (or "all"). Cityscapes and ACDC
+    need ``split``. Extra keyword arguments (``size``, ``conditions``) go to the reader.
+    """
+    key = layout.lower() if isinstance(layout, str) else layout
+    if key not in LAYOUTS:
+        raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, but got layout={layout!r}")
+    if key == "gtav":
+        if split not in (None, "all"):
+            raise ValueError(
+                f"the gtav layout has no splits: split must be None or 'all', but got split={split!r}"
+            )
+        return GTAVDataset(root, **kwargs)
+    if split is None:
+        raise ValueError(f"split is required for the {key} layout: one of {SPLITS}")
+    return LAYOUTS[key](root, split, **kwargs)  # type: ignore[call-arg]

@@ -1,0 +1,129 @@
+"""Result rows: one fixed Parquet schema, written atomically, one file per (trial, round).
+
+A fixed, explicit schema matters: a column that is all-null in one file breaks reading
+the dataset back, and downstream analysis relies on the same columns everywhere. One
+file per (trial, round) with a deterministic name makes a repeated round overwrite its
+own row instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from halo_ray.data.labels import CITYSCAPES_CLASSES
+
+
+def class_column(name: str) -> str:
+    """Parquet column of one class's IoU: ``iou_traffic_light`` for "traffic light"."""
+    return "iou_" + name.replace(" ", "_")
+
+
+IOU_COLUMNS = [class_column(c) for c in CITYSCAPES_CLASSES]
+
+_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("search", pa.string()),
+    ("trial_id", pa.string()),
+    ("seed", pa.int64()),
+    ("experiment", pa.string()),
+    ("source", pa.string()),
+    ("target", pa.string()),
+    ("strategy", pa.string()),
+    ("unit", pa.string()),
+    ("budget", pa.float64()),
+    ("rounds", pa.int64()),
+    ("round", pa.int64()),
+    ("step", pa.int64()),
+    ("labelled_pct", pa.float64()),
+    ("labelled_pixels", pa.int64()),
+    ("void_pixels", pa.int64()),
+    ("curvature", pa.float64()),
+    ("curvature_learned", pa.float64()),
+    ("bins", pa.int64()),
+    ("region_size", pa.int64()),
+    ("suppression", pa.int64()),
+    ("hfr", pa.bool_()),
+    ("geometry", pa.string()),
+    ("embed_dim", pa.int64()),
+    ("backbone", pa.string()),
+    ("loop", pa.string()),
+    ("reference", pa.bool_()),
+    ("miou", pa.float64()),
+    ("pixel_acc", pa.float64()),
+    *[(c, pa.float64()) for c in IOU_COLUMNS],
+    ("radius_mean", pa.float64()),
+    ("radius_acc_spearman", pa.float64()),
+    ("wall_s", pa.float64()),
+    ("halo_ray_version", pa.string()),
+    ("config_json", pa.string()),
+]
+
+#: The one schema every results file is written with.
+RESULT_SCHEMA = pa.schema(_FIELDS)
+RESULT_COLUMNS = [name for name, _ in _FIELDS]
+
+
+def row_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    """Rows → Arrow table with exactly :data:`RESULT_SCHEMA`; missing or extra keys are errors."""
+    for row in rows:
+        missing = [c for c in RESULT_COLUMNS if c not in row]
+        extra = [k for k in row if k not in RESULT_SCHEMA.names]
+        if missing or extra:
+            raise ValueError(f"result row does not match the schema: missing={missing}, unexpected={extra}")
+    columns = {name: [row[name] for row in rows] for name in RESULT_COLUMNS}
+    return pa.table(columns, schema=RESULT_SCHEMA)
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def round_file(results_dir: Path, trial_id: str, round_index: int) -> Path:
+    """The file holding one trial's row for one round (deterministic: rewrites replace it)."""
+    return Path(results_dir) / f"{trial_id}-round{round_index:03d}.parquet"
+
+
+def write_round_row(results_dir: Path, row: Mapping[str, Any]) -> Path:
+    """Write one (trial, round) row atomically; a repeated round replaces its own file."""
+    path = round_file(results_dir, str(row["trial_id"]), int(row["round"]))
+    table = row_table([row])
+    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+    return path
+
+
+def read_results(results_dir: str | Path) -> pd.DataFrame:
+    """All rows under a results folder as one DataFrame, sorted by trial and round."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"{results_dir}: not a results folder (expected *.parquet files inside)")
+    frame = pd.read_parquet(results_dir, schema=RESULT_SCHEMA)
+    return frame.sort_values(["trial_id", "round"]).reset_index(drop=True)
+
+
+__all__ = [
+    "IOU_COLUMNS",
+    "RESULT_COLUMNS",
+    "RESULT_SCHEMA",
+    "atomic_write_bytes",
+    "class_column",
+    "read_results",
+    "round_file",
+    "row_table",
+    "write_round_row",
+]

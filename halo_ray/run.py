@@ -1,0 +1,469 @@
+"""One multi-round active-learning run (DESIGN §3) with plain objects — no Ray.
+
+    source pre-train (cached) → round 0 eval
+    for r in 1..R: score → select within budget → reveal → train → eval → row + checkpoint
+
+Every round ends with a Parquet row and a checkpoint holding the model, optimizer, label
+pool, RNG states and config. A killed run resumed from its last checkpoint repeats the
+remaining rounds exactly (same labelled set and metrics on CPU). Rounds are idempotent:
+the pool refuses to spend twice for one (round, image) and a round's row file is
+replaced, never duplicated.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import halo_ray
+from halo_ray.acquisition import picks_per_round, score_map, select_centres
+from halo_ray.config import HYPERBOLIC_STRATEGIES, ConfigError, ExperimentConfig, build_config
+from halo_ray.data import generate_benchmark, open_dataset
+from halo_ray.data.labels import CITYSCAPES_CLASSES
+from halo_ray.hyperbolic import radius_map
+from halo_ray.pool import ArrayOracle, LabelPool
+from halo_ray.results import IOU_COLUMNS, atomic_write_bytes, read_results, write_round_row
+from halo_ray.training import Evaluation, TensorSet, Trainer
+
+CHECKPOINT_FORMAT = 1
+LogFn = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class RunData:
+    """The three sets a run needs, decoded into memory."""
+
+    source: TensorSet
+    target_train: TensorSet
+    target_val: TensorSet
+
+
+def prepare_data(cfg: ExperimentConfig, log: LogFn = _stderr) -> RunData:
+    """Generate the embedded benchmark if asked and missing, then read the three sets."""
+    root = Path(cfg.data_root)
+    if cfg.generate_data and not root.exists() and cfg.source_root is None and cfg.target_root is None:
+        log(f"generating the embedded benchmark into {root} (seed {cfg.data_seed}) …")
+        t0 = time.perf_counter()
+        generate_benchmark(root, seed=cfg.data_seed)
+        log(f"generated in {time.perf_counter() - t0:.1f}s")
+    target_kw = {"conditions": cfg.target_conditions} if cfg.target == "acdc" else {}
+    source_split = None if cfg.source == "gtav" else "train"
+    source = open_dataset(cfg.source, cfg.source_path, split=source_split)
+    train = open_dataset(cfg.target, cfg.target_path, split="train", **target_kw)
+    val = open_dataset(cfg.target, cfg.target_path, split="val", **target_kw)
+    return RunData(TensorSet.from_dataset(source), TensorSet.from_dataset(train), TensorSet.from_dataset(val))
+
+
+# ----------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """``torch.save`` atomically (temp file + rename)."""
+    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_path(out_dir: Path, round_index: int) -> Path:
+    return out_dir / "checkpoints" / f"round_{round_index:03d}.pt"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((out_dir / "checkpoints").glob("round_*.pt"))
+    return found[-1] if found else None
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """Exclusive lock so two runs asking for one source checkpoint compute it once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def source_checkpoint(
+    cfg: ExperimentConfig, trainer: Trainer, data: RunData, generator: torch.Generator, log: LogFn
+) -> dict:
+    """The source pre-trained state for this config: from the cache, or trained and cached.
+
+    The cached state holds the model, optimizer and the sampling generator, so a run that
+    reads the cache continues exactly like the run that wrote it.
+    """
+    path = Path(cfg.source_cache) / f"source-{cfg.source_key()}.pt"
+    with _file_lock(path.with_suffix(".lock")):
+        if not path.exists():
+            log(f"source pre-training: {cfg.source_steps} steps (cache {path})")
+            total = cfg.total_steps if cfg.loop == "continuous" else cfg.source_steps
+            progress = ProgressLine(log, cfg.log_every, "source", total)
+            trainer.train(
+                cfg.source_steps, source=data.source, generator=generator, start_step=0,
+                total_steps=total, progress=progress,
+            )
+            state = {"trainer": trainer.state_dict(), "generator": generator.get_state()}
+            save_checkpoint(path, state)
+        else:
+            log(f"source pre-training: reusing {path}")
+    return load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------------
+# progress
+
+
+class ProgressLine:
+    """Prints ``phase | step s/total | loss | lr | elapsed | ETA`` every ``every`` steps."""
+
+    def __init__(self, log: LogFn, every: int, phase: str, total: int, start_step: int = 0):
+        self.log, self.every, self.phase, self.total = log, every, phase, total
+        self.t0 = time.perf_counter()
+        self.first = start_step
+
+    def __call__(self, step: int, total: int, loss: float, lr: float) -> None:
+        if step % self.every and step != total:
+            return
+        elapsed = time.perf_counter() - self.t0
+        done = max(step - self.first, 1)
+        eta = elapsed / done * max(self.total - step, 0)
+        self.log(
+            f"{self.phase} | step {step}/{self.total} | loss {loss:.4f} | lr {lr:.5f} | "
+            f"elapsed {_fmt(elapsed)} | ETA {_fmt(eta)}"
+        )
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------------
+# one run
+
+
+class ActiveLearningRun:
+    """State and steps of one multi-round run; ``execute`` drives it to the end."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir: Path,
+        *,
+        search: str = "local",
+        trial_id: str | None = None,
+        log: LogFn = _stderr,
+        tensorboard: bool = True,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.search = search
+        self.trial_id = trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}"
+        self.log = log
+        self.tensorboard = tensorboard
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.data = prepare_data(cfg, log)
+        self.num_classes = len(CITYSCAPES_CLASSES)
+        self.trainer = Trainer(cfg, self.num_classes)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        labels = [self.data.target_train.labels[i].numpy() for i in range(len(self.data.target_train))]
+        self.pool = LabelPool([lab.shape for lab in labels], ArrayOracle(labels))
+        self.round = 0
+        self.step = 0
+        self.wall_s = 0.0
+        self._source_state: dict | None = None
+        self._writer = None
+
+    # -- paths ---------------------------------------------------------------------
+    @property
+    def results_dir(self) -> Path:
+        return self.out_dir / "results"
+
+    def _writer_at(self, purge_step: int | None):
+        if not self.tensorboard:
+            return None
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.out_dir / "tensorboard" / self.trial_id), purge_step=purge_step)
+        return self._writer
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start_or_resume(self, resume: bool) -> None:
+        """Begin a fresh run (source model, round 0) or load the last round's checkpoint."""
+        existing = latest_checkpoint(self.out_dir)
+        if existing is not None and not resume:
+            raise ConfigError(
+                f"{self.out_dir} already holds a run (last checkpoint {existing.name}); "
+                "pass --resume to continue it or choose another --out"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.out_dir / "config.json"
+        if existing is not None:
+            state = load_checkpoint(existing)
+            _check_same_config(self.cfg, state["config"], existing)
+            self._restore(state)
+            self._writer_at(purge_step=self.step + 1)
+            self.log(f"resumed from {existing} (round {self.round}, step {self.step})")
+            return
+        atomic_write_bytes(config_file, lambda tmp: tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2)))
+        self._writer_at(purge_step=None)
+        t0 = time.perf_counter()
+        source = self._source_state_for_run()
+        self.trainer.load_state_dict(source["trainer"])
+        self.generator.set_state(source["generator"])
+        self.step = self.cfg.source_steps
+        self.round = 0
+        self._finish_round(self.trainer.evaluate(self.data.target_val), t0)
+
+    def _source_state_for_run(self) -> dict:
+        if self._source_state is None:
+            scratch = torch.Generator().manual_seed(self.cfg.seed)
+            self._source_state = source_checkpoint(self.cfg, self.trainer, self.data, scratch, self.log)
+        return self._source_state
+
+    def _restore(self, state: dict) -> None:
+        self.trainer.load_state_dict(state["trainer"])
+        self.pool.load_state_dict(state["pool"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.round = int(state["round"])
+        self.step = int(state["step"])
+        self.wall_s = float(state["wall_s"])
+
+    def execute(self, resume: bool = False) -> pd.DataFrame:
+        """Run (or finish) every round; returns this run's result rows."""
+        self.start_or_resume(resume)
+        while self.round < self.cfg.rounds:
+            self.run_round(self.round + 1)
+        if self._writer is not None:
+            self._writer.close()
+        frame = read_results(self.results_dir)
+        return frame[frame["trial_id"] == self.trial_id].reset_index(drop=True)
+
+    # -- one round -----------------------------------------------------------------
+    def run_round(self, r: int) -> None:
+        """Select, reveal, train and evaluate round ``r``; write its row and checkpoint."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.log(f"round {r}/{cfg.rounds}: scoring {len(self.data.target_train)} target images ({cfg.strategy})")
+        self.select_round(r)
+        self.log(
+            f"round {r}/{cfg.rounds}: labelled {self.pool.labelled_pct:.3f}% of target pixels "
+            f"({self.pool.labelled_pixels} px)"
+        )
+        target_labels = torch.from_numpy(
+            np.stack([self.pool.labels(i) for i in range(len(self.data.target_train))])
+        )
+        if cfg.loop == "retrain":
+            self.trainer.load_state_dict(self._source_state_for_run()["trainer"])
+            self.trainer.reset_optimizer()
+            start, total = 0, cfg.round_steps
+        else:
+            start, total = self.step, cfg.total_steps
+        progress = ProgressLine(self.log, cfg.log_every, f"round {r}/{cfg.rounds}", total, start)
+        writer = self._writer_at(None)
+
+        def report(step: int, total_: int, loss: float, lr: float) -> None:
+            progress(step, total_, loss, lr)
+            if writer is not None and step % cfg.log_every == 0:
+                global_step = self.step + (step - start)
+                writer.add_scalar("train/loss", loss, global_step)
+                writer.add_scalar("train/lr", lr, global_step)
+
+        self.trainer.train(
+            cfg.round_steps, source=self.data.source, generator=self.generator, start_step=start,
+            total_steps=total, target=self.data.target_train, target_labels=target_labels, progress=report,
+        )
+        self.step += cfg.round_steps
+        self.round = r
+        self._finish_round(self.trainer.evaluate(self.data.target_val), t0)
+
+    def select_round(self, r: int) -> None:
+        """Score every target-train image with the current model and reveal its picks."""
+        cfg = self.cfg
+        data = self.data.target_train
+        H, W = data.labels.shape[-2:]
+        picks = picks_per_round(H, W, budget_pct=cfg.budget, rounds=cfg.rounds, region_size=cfg.region_size, unit=cfg.unit)
+        todo = [i for i in range(len(data)) if r not in self.pool.rounds_done(i)]
+        shown = set(range(min(cfg.log_images, len(data))))
+        for start in range(0, len(todo), cfg.eval_batch_size):
+            batch = todo[start : start + cfg.eval_batch_size]
+            probs, emb, c = self.trainer.predict(data.images[batch])
+            for j, i in enumerate(batch):
+                gen = torch.Generator(device=probs.device).manual_seed(_image_seed(cfg.seed, r, i))
+                score = score_map(
+                    cfg.strategy, probs[j], emb[j] if cfg.strategy in HYPERBOLIC_STRATEGIES else None,
+                    curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
+                    region_size=cfg.region_size, boundary_window=cfg.boundary_window,
+                    reference=cfg.reference, generator=gen,
+                ).cpu()
+                active = torch.from_numpy(self.pool.suppressed(i, cfg.suppression_size))
+                centres = select_centres(score, picks=picks, suppression=cfg.suppression_size, active=active)
+                self.pool.reveal(r, i, centres.numpy(), region_size=cfg.region_size, unit=cfg.unit)
+                if i in shown:
+                    self._log_selection_images(r, i, score, emb[j], c)
+
+    def _log_selection_images(self, r: int, i: int, score: torch.Tensor, emb: torch.Tensor, c: float | None) -> None:
+        writer = self._writer_at(None)
+        if writer is None:
+            return
+        data = self.data.target_train
+        image = data.images[i].permute(2, 0, 1).float() / 255.0  # [3, H, W]
+        mask = torch.from_numpy(self.pool.round_map(i))  # [H, W] round of labelling
+        overlay = image.clone()
+        overlay[0][mask == r] = 1.0
+        overlay[1][mask == r] = 0.0
+        overlay[2][mask == r] = 0.0
+        overlay[1][(mask > 0) & (mask < r)] = 1.0
+        tag = f"selection/{data.names[i]}"
+        writer.add_image(f"{tag}/labelled", overlay, self.step)
+        writer.add_image(f"{tag}/score", _unit_range(score).unsqueeze(0), self.step)
+        if c is not None:
+            radius = radius_map(emb.unsqueeze(0).cpu(), c=c)[0]
+            writer.add_image(f"{tag}/radius", _unit_range(radius).unsqueeze(0), self.step)
+
+    # -- bookkeeping -----------------------------------------------------------------
+    def _finish_round(self, ev: Evaluation, t0: float) -> None:
+        """Write the round's row and TensorBoard scalars, then its checkpoint."""
+        self.wall_s += time.perf_counter() - t0
+        row = self._row(ev)
+        write_round_row(self.results_dir, row)
+        writer = self._writer_at(None)
+        if writer is not None:
+            for key in ("miou", "pixel_acc", "labelled_pct", "radius_mean", "radius_acc_spearman"):
+                if row[key] is not None and np.isfinite(row[key]):
+                    writer.add_scalar(f"eval/{key}", row[key], self.step)
+            writer.flush()
+        self.log(
+            f"round {self.round}/{self.cfg.rounds} done: mIoU {ev.miou:.2f} | pixel acc {ev.pixel_acc:.2f} | "
+            f"labelled {self.pool.labelled_pct:.3f}% | wall {self.wall_s:.1f}s"
+        )
+        save_checkpoint(
+            checkpoint_path(self.out_dir, self.round),
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.cfg.to_dict(),
+                "round": self.round,
+                "step": self.step,
+                "trainer": self.trainer.state_dict(),
+                "pool": self.pool.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "wall_s": self.wall_s,
+            },
+        )
+
+    def _row(self, ev: Evaluation) -> dict:
+        cfg = self.cfg
+        learned = self.trainer.curvature
+        row = {
+            "search": self.search,
+            "trial_id": self.trial_id,
+            "seed": cfg.seed,
+            "experiment": cfg.experiment,
+            "source": cfg.source,
+            "target": cfg.target,
+            "strategy": cfg.strategy,
+            "unit": cfg.unit,
+            "budget": cfg.budget,
+            "rounds": cfg.rounds,
+            "round": self.round,
+            "step": self.step,
+            "labelled_pct": self.pool.labelled_pct,
+            "labelled_pixels": int(self.pool.labelled_pixels),
+            "void_pixels": int(self.pool.void_pixels),
+            "curvature": cfg.curvature,
+            "curvature_learned": float(learned) if learned is not None else None,
+            "bins": cfg.bins,
+            "region_size": cfg.region_size,
+            "suppression": cfg.suppression_size,
+            "hfr": cfg.hfr,
+            "geometry": cfg.geometry,
+            "embed_dim": cfg.embed_dim,
+            "backbone": cfg.backbone,
+            "loop": cfg.loop,
+            "reference": cfg.reference,
+            "miou": ev.miou,
+            "pixel_acc": ev.pixel_acc,
+            "radius_mean": _finite_or_none(ev.radius_mean),
+            "radius_acc_spearman": _finite_or_none(ev.radius_acc_spearman),
+            "wall_s": self.wall_s,
+            "halo_ray_version": halo_ray.__version__,
+            "config_json": cfg.to_json(),
+        }
+        for column, value in zip(IOU_COLUMNS, ev.iou, strict=True):
+            row[column] = _finite_or_none(float(value))
+        return row
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+def _unit_range(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+
+
+def _image_seed(seed: int, round_index: int, image_index: int) -> int:
+    """Independent stream per (seed, round, image): a repeated round draws the same picks."""
+    return (seed * 1_000_003 + round_index * 10_007 + image_index) % (2**63 - 1)
+
+
+def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path) -> None:
+    """A resumed run must continue the same config; name every key that differs."""
+    current = cfg.to_dict()
+    differ = sorted(k for k in set(current) | set(saved) if current.get(k) != saved.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: checkpoint={saved.get(k)!r} now={current.get(k)!r}" for k in differ)
+        raise ConfigError(f"{path}: cannot resume with a different config ({detail})")
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, log: LogFn = _stderr,
+    tensorboard: bool = True,
+) -> pd.DataFrame:
+    """Run one experiment to the end (or finish it with ``resume``); returns its rows."""
+    run = ActiveLearningRun(cfg, Path(out_dir), log=log, tensorboard=tensorboard)
+    return run.execute(resume=resume)
+
+
+def config_from_checkpoint(path: str | Path) -> ExperimentConfig:
+    """The config a checkpoint was written with (for inspection and resume)."""
+    return build_config(load_checkpoint(Path(path))["config"], origin=str(path))
+
+
+__all__ = [
+    "ActiveLearningRun",
+    "config_from_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prepare_data",
+    "run_experiment",
+    "save_checkpoint",
+]

@@ -1,0 +1,348 @@
+"""Losses, the training step loop, prediction and evaluation — no Ray, no files.
+
+The :class:`Trainer` owns the model and its optimizer. The run (``run.py``) and, later,
+the Ray trainer actor drive it through the same few methods: ``train``, ``predict``,
+``evaluate``, ``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from halo_ray.config import ExperimentConfig
+from halo_ray.data.labels import IGNORE_INDEX
+from halo_ray.hyperbolic import radius_map
+from halo_ray.models import build_segmenter
+
+# ImageNet statistics: the papers' backbones are ImageNet-pretrained, and the same
+# normalisation is kept for the small backbone so weights stay interchangeable.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Negative-learning threshold: classes below this probability are "surely not" labels (RIPU).
+NEGATIVE_THRESHOLD = 0.05
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but torch sees no CUDA device")
+    return device
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` → float ``[B, 3, H, W]`` with ImageNet mean/std."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    """Poly decay ``base·(1 − step/total)^power`` (DeepLab/RIPU/HALO schedule)."""
+    if total <= 0:
+        return base
+    return base * max(0.0, 1.0 - step / total) ** power
+
+
+# ----------------------------------------------------------------------------------
+# losses
+
+
+def negative_learning_loss(logits: torch.Tensor, threshold: float = NEGATIVE_THRESHOLD) -> torch.Tensor:
+    """RIPU's negative learning: push down classes the model already deems unlikely.
+
+    For every pixel, the complementary labels are the classes with probability below
+    ``threshold``; the loss is the mean of ``−log(1 − p_c)`` over them.
+    """
+    probs = logits.softmax(dim=1)  # [B, C, H, W]
+    negative = (probs < threshold).float()
+    count = negative.sum(dim=1).clamp_min(1.0)
+    loss = -(torch.log((1.0 - probs).clamp_min(1e-6)) * negative).sum(dim=1) / count
+    return loss.mean()
+
+
+def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """RIPU's local consistency: the 3×3 mean prediction must agree with each pixel's label."""
+    probs = logits.softmax(dim=1)
+    mean = F.avg_pool2d(probs, 3, stride=1, padding=1, count_include_pad=False)  # [B, C, H, W]
+    return F.nll_loss(torch.log(mean.clamp_min(1e-8)), labels, ignore_index=IGNORE_INDEX)
+
+
+# ----------------------------------------------------------------------------------
+# data held as tensors
+
+
+@dataclass
+class TensorSet:
+    """A dataset decoded into memory: uint8 images ``[N, H, W, 3]`` and labels ``[N, H, W]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @classmethod
+    def from_dataset(cls, dataset: Sequence) -> TensorSet:
+        """Decode every sample once; all images must share one size."""
+        samples = [dataset[i] for i in range(len(dataset))]
+        shapes = {s.image.shape for s in samples}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"{type(dataset).__name__}: images of different sizes {sorted(shapes)}; "
+                "set image_height/image_width to resize them to one size"
+            )
+        images = torch.from_numpy(np.stack([s.image for s in samples]))
+        labels = torch.from_numpy(np.stack([s.label for s in samples]))
+        return cls(images=images, labels=labels, names=[s.name for s in samples])
+
+
+# ----------------------------------------------------------------------------------
+# metrics
+
+
+def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C, C]`` counts (rows = ground truth), ignoring pixels labelled ``IGNORE_INDEX``."""
+    keep = label != IGNORE_INDEX
+    idx = label[keep].long() * num_classes + pred[keep].long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def iou_from_confusion(conf: torch.Tensor) -> np.ndarray:
+    """Per-class IoU; NaN for a class absent from both prediction and ground truth."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    return iou.cpu().numpy()
+
+
+@dataclass
+class Evaluation:
+    """Target-val metrics of one model state."""
+
+    miou: float  # mean over classes present in ground truth or prediction, in percent
+    pixel_acc: float  # percent
+    iou: np.ndarray  # [C] per-class IoU in percent (NaN = class absent)
+    radius_per_class: np.ndarray  # [C] mean hyperbolic radius of ground-truth pixels (NaN if none)
+    radius_mean: float  # mean radius over all labelled val pixels (NaN for euclidean)
+    radius_acc_spearman: float  # Spearman ρ between per-class mean radius and per-class IoU
+
+
+def radius_iou_spearman(radius_per_class: np.ndarray, iou: np.ndarray) -> float:
+    """Spearman ρ over the classes where both values exist (NaN if fewer than 3 or constant)."""
+    ok = np.isfinite(radius_per_class) & np.isfinite(iou)
+    if ok.sum() < 3:
+        return float("nan")
+    x, y = radius_per_class[ok], iou[ok]
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+# ----------------------------------------------------------------------------------
+# trainer
+
+
+ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, lr)
+
+
+class Trainer:
+    """Holds the segmenter and its optimizer; trains on source + labelled target, scores, evaluates."""
+
+    def __init__(self, cfg: ExperimentConfig, num_classes: int, device: torch.device | None = None):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.device = device or resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_segmenter(
+            backbone=cfg.backbone,
+            geometry=cfg.geometry,
+            num_classes=num_classes,
+            embed_dim=cfg.embed_dim,
+            curvature=cfg.curvature,
+            learnable_curvature=cfg.learnable_curvature,
+            hfr=cfg.hfr,
+            hfr_norm=cfg.hfr_norm,
+        ).to(self.device)
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            self.model.parameters(),
+            lr=self.cfg.lr,
+            momentum=self.cfg.momentum,
+            weight_decay=self.cfg.weight_decay,
+        )
+
+    def reset_optimizer(self) -> None:
+        """Fresh optimizer state (``retrain`` loop: each round starts a new schedule)."""
+        self.optimizer = self._new_optimizer()
+
+    # -- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    @property
+    def curvature(self) -> float | None:
+        return self.model.curvature
+
+    # -- training ------------------------------------------------------------------
+    def _batch(self, data: TensorSet, index: torch.Tensor, flip: torch.Tensor, labels: torch.Tensor | None = None):
+        """Select, flip and move one batch; labels default to the set's own."""
+        images = data.images[index]
+        target = (data.labels if labels is None else labels)[index]
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+        target = torch.where(flip.view(-1, 1, 1), target.flip(2), target)
+        return normalize(images.to(self.device)), target.to(self.device).long()
+
+    def _forward_full(self, x: torch.Tensor):
+        """Logits upsampled to the input resolution, plus the raw output."""
+        out = self.model(x)
+        logits = F.interpolate(out.logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, out
+
+    def train(
+        self,
+        steps: int,
+        *,
+        source: TensorSet,
+        generator: torch.Generator,
+        start_step: int,
+        total_steps: int,
+        target: TensorSet | None = None,
+        target_labels: torch.Tensor | None = None,
+        progress: ProgressFn | None = None,
+    ) -> float:
+        """Run ``steps`` SGD steps; returns the mean loss.
+
+        Each step takes ``batch_size`` source images and, when target labels are given,
+        ``batch_size`` target images that hold at least one labelled pixel. The learning
+        rate follows the poly schedule at global step ``start_step + i`` of ``total_steps``.
+        All sampling draws from ``generator`` so a resumed run repeats it exactly.
+        """
+        cfg = self.cfg
+        self.model.train()
+        labelled_images = None
+        if target is not None and target_labels is not None:
+            has = (target_labels != IGNORE_INDEX).flatten(1).any(dim=1)
+            labelled_images = torch.nonzero(has).flatten()
+            if labelled_images.numel() == 0:
+                labelled_images = None
+        losses = []
+        for i in range(steps):
+            step = start_step + i
+            lr = poly_lr(cfg.lr, step, total_steps, cfg.poly_power)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            src_idx = torch.randint(len(source), (cfg.batch_size,), generator=generator)
+            src_flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+            x, y = self._batch(source, src_idx, src_flip)
+            logits, _ = self._forward_full(x)
+            loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+            if cfg.local_consistency:
+                loss = loss + local_consistency_loss(logits, y)
+            if labelled_images is not None:
+                pick = torch.randint(labelled_images.numel(), (cfg.batch_size,), generator=generator)
+                tgt_flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+                xt, yt = self._batch(target, labelled_images[pick], tgt_flip, labels=target_labels)
+                logits_t, _ = self._forward_full(xt)
+                loss = loss + cfg.target_loss_weight * F.cross_entropy(logits_t, yt, ignore_index=IGNORE_INDEX)
+                if cfg.negative_learning:
+                    loss = loss + negative_learning_loss(logits_t)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at step {step}")
+            losses.append(value)
+            if progress is not None:
+                progress(step + 1, total_steps, value, lr)
+        return float(np.mean(losses)) if losses else float("nan")
+
+    # -- inference -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """uint8 ``[B, H, W, 3]`` → (probs ``[B, C, H, W]``, embeddings ``[B, D, H, W]``, c).
+
+        Both maps are upsampled to the image resolution: selection and evaluation work at
+        full label resolution. Bilinear upsampling keeps ball points inside the ball (a
+        convex combination of points of a ball lies in it).
+        """
+        self.model.eval()
+        x = normalize(images.to(self.device))
+        out = self.model(x)
+        size = x.shape[-2:]
+        probs = F.interpolate(out.logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
+        emb = F.interpolate(out.embeddings, size=size, mode="bilinear", align_corners=False)
+        return probs, emb, self.model.curvature
+
+    @torch.no_grad()
+    def evaluate(self, data: TensorSet) -> Evaluation:
+        """mIoU, per-class IoU, pixel accuracy and radius statistics on a labelled set."""
+        C = self.num_classes
+        conf = torch.zeros(C, C, dtype=torch.long, device=self.device)
+        radius_sum = torch.zeros(C, dtype=torch.float64, device=self.device)
+        radius_count = torch.zeros(C, dtype=torch.float64, device=self.device)
+        for start in range(0, len(data), self.cfg.eval_batch_size):
+            images = data.images[start : start + self.cfg.eval_batch_size]
+            labels = data.labels[start : start + self.cfg.eval_batch_size].to(self.device).long()
+            probs, emb, c = self.predict(images)
+            conf += confusion_matrix(probs.argmax(dim=1), labels, C)
+            if c is not None:
+                radius = radius_map(emb, c=c)  # [B, H, W]
+                keep = labels != IGNORE_INDEX
+                radius_sum += torch.bincount(labels[keep], weights=radius[keep].double(), minlength=C)
+                radius_count += torch.bincount(labels[keep], minlength=C).double()
+        iou = iou_from_confusion(conf) * 100.0
+        total = conf.sum().item()
+        pixel_acc = 100.0 * conf.diag().sum().item() / total if total else float("nan")
+        if self.model.curvature is None:
+            per_class = np.full(C, np.nan)
+            radius_mean = float("nan")
+        else:
+            counts = radius_count.cpu().numpy()
+            sums = radius_sum.cpu().numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_class = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+            radius_mean = float(sums.sum() / counts.sum()) if counts.sum() else float("nan")
+        return Evaluation(
+            miou=float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            pixel_acc=pixel_acc,
+            iou=iou,
+            radius_per_class=per_class,
+            radius_mean=radius_mean,
+            radius_acc_spearman=radius_iou_spearman(per_class, iou),
+        )
+
+
+__all__ = [
+    "Evaluation",
+    "TensorSet",
+    "Trainer",
+    "confusion_matrix",
+    "iou_from_confusion",
+    "local_consistency_loss",
+    "negative_learning_loss",
+    "normalize",
+    "poly_lr",
+    "radius_iou_spearman",
+    "resolve_device",
+]

@@ -1,0 +1,105 @@
+"""CLI: each bad input exits 2 with a message naming the key/file/value, and writes nothing."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from halo_ray.cli import main
+
+
+def _exp(tmp_path, text="experiment: tiny\n"):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def _run(capsys, args):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+def _base_sets(values):
+    out = []
+    for k, v in values.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("budjet=5", "unknown config key(s) ['budjet']"),
+        ("region_size=4", "region_size must be an odd integer >= 1, but got region_size=4"),
+        ("region_size=-1", "region_size=-1"),
+        ("bins=1", "bins must be an integer >= 2, but got bins=1"),
+        ("budget=0", "budget is a percentage in (0, 100], but got budget=0"),
+        ("budget=150", "budget=150"),
+        ("curvature=0", "curvature must be > 0"),
+        ("curvature=-2", "curvature=-2"),
+        ("rounds=many", "rounds must be an integer, but got rounds='many'"),
+    ],
+)
+def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, override, message):
+    out = tmp_path / "out"
+    code, err = _run(capsys, ["run", str(_exp(tmp_path)), "--out", str(out), "--set", override])
+    assert code == 2
+    assert message in err
+    assert not out.exists()
+
+
+def test_missing_experiment_file(tmp_path, capsys):
+    code, err = _run(capsys, ["run", str(tmp_path / "missing.yaml")])
+    assert code == 2 and "missing.yaml: no such config file" in err
+
+
+def test_missing_dataset_folder(tmp_path, capsys, tiny_config_values):
+    out = tmp_path / "out"
+    values = {**tiny_config_values, "data_root": str(tmp_path / "nowhere"), "generate_data": "false"}
+    code, err = _run(capsys, ["run", str(_exp(tmp_path)), "--out", str(out), *_base_sets(values)])
+    assert code == 2
+    assert str(tmp_path / "nowhere") in err
+    assert not out.exists()
+
+
+def _copy_benchmark(src, tmp_path):
+    dst = tmp_path / "bench"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unreadable_image_is_named(tmp_path, capsys, tiny_benchmark, tiny_config_values):
+    root = _copy_benchmark(tiny_benchmark, tmp_path)
+    image = sorted((root / "cityscapes" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))[0]
+    image.write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    values = {**tiny_config_values, "data_root": str(root)}
+    code, err = _run(capsys, ["run", str(_exp(tmp_path)), "--out", str(out), *_base_sets(values)])
+    assert code == 2
+    assert image.name in err
+    assert not out.exists()
+
+
+def test_label_id_outside_the_map_is_named(tmp_path, capsys, tiny_benchmark, tiny_config_values):
+    root = _copy_benchmark(tiny_benchmark, tmp_path)
+    label = sorted((root / "cityscapes" / "gtFine" / "train").rglob("*_gtFine_labelIds.png"))[0]
+    ids = np.array(Image.open(label))
+    ids[0, 0] = 77
+    Image.fromarray(ids).save(label)
+    out = tmp_path / "out"
+    values = {**tiny_config_values, "data_root": str(root)}
+    code, err = _run(capsys, ["run", str(_exp(tmp_path)), "--out", str(out), *_base_sets(values)])
+    assert code == 2
+    assert label.name in err and "77" in err
+    assert not out.exists()
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "run" in capsys.readouterr().out
