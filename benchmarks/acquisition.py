@@ -19,6 +19,7 @@ compared too. The run exits with status 1 if any output differs.
     python benchmarks/acquisition.py                       # 640x1280 and 1024x2048
     python benchmarks/acquisition.py --quick               # 640x1280 only (< ~1 min on CPU)
     python benchmarks/acquisition.py --sizes 1024x2048 --device cuda
+    python benchmarks/acquisition.py --quick --threads 1   # on a CPU shared with other jobs
 
 Timings are wall-clock seconds of one image (inputs already on the device, CUDA
 synchronised); halo_ray's are the median of ``--repeats`` runs after a warm-up, the
@@ -34,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import geoopt
@@ -75,7 +77,9 @@ CASES = (
 # ----------------------------------------------------------------------------- inputs
 
 
-def make_inputs(height: int, width: int, *, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def make_inputs(
+    height: int, width: int, *, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax ``[C, H, W]`` and ball embeddings ``[D, H, W]``, smooth like network outputs.
 
     Low-resolution random logits / tangent vectors upsampled bilinearly (as the reference
@@ -103,7 +107,9 @@ def _normalize_map(x: torch.Tensor) -> torch.Tensor:
     return (x - x.min().item()) / (x.max().item() - x.min().item())
 
 
-def _ones_conv(channels: int, size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ones_conv(
+    channels: int, size: int, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A bias-free grouped conv with all-ones ``size x size`` kernels and zero padding."""
     weight = torch.ones((channels, 1, size, size), dtype=torch.float32, device=device)
     return lambda x: F.conv2d(x, weight, None, 1, (size // 2, size // 2), 1, channels)
@@ -136,7 +142,9 @@ def reference_score(
         summary = _ones_conv(num_labels, window, device)(one_hot)  # [1, K, H, W]
         count = torch.sum(summary, dim=1, keepdim=True)
         dist = summary / count
-        impurity = torch.sum(-dist * torch.log(dist + 1e-6), dim=1, keepdim=True) / math.log(num_labels)
+        impurity = torch.sum(-dist * torch.log(dist + 1e-6), dim=1, keepdim=True) / math.log(
+            num_labels
+        )
     else:  # radius
         impurity = pmath.dist0(embeddings.unsqueeze(0), k=k, dim=1).unsqueeze(0)
         count = torch.ones((1, 1, height, width), dtype=torch.float32, device=device)
@@ -190,7 +198,9 @@ def run_ours(probs, embeddings, case: Case, picks: int, reference: bool):
     score = score_map(
         case.strategy, probs, embeddings, bins=BINS, region_size=REGION_SIZE, reference=reference
     )
-    selected, active = select(score, picks=picks, region_size=REGION_SIZE, suppression=case.suppression)
+    selected, active = select(
+        score, picks=picks, region_size=REGION_SIZE, suppression=case.suppression
+    )
     return score, selected, active
 
 
@@ -202,7 +212,9 @@ def run_reference(probs, embeddings, case: Case, picks: int):
     return score, selected, active
 
 
-def benchmark(sizes: list[tuple[int, int]], *, device: torch.device, repeats: int, seed: int) -> bool:
+def benchmark(
+    sizes: list[tuple[int, int]], *, device: torch.device, repeats: int, seed: int
+) -> bool:
     """Run every case at every size, print the table; True when all outputs are identical."""
     warm_p, warm_z = make_inputs(48, 64, seed=seed, device=device)
     for case in CASES:  # warm-up: kernels, lookup tables, allocator
@@ -221,17 +233,21 @@ def benchmark(sizes: list[tuple[int, int]], *, device: torch.device, repeats: in
     for height, width in sizes:
         probs, embeddings = make_inputs(height, width, seed=seed, device=device)
         picks = picks_per_round(
-            height, width, budget_pct=BUDGET_PCT, rounds=ROUNDS, region_size=REGION_SIZE, reference=True
+            height,
+            width,
+            budget_pct=BUDGET_PCT,
+            rounds=ROUNDS,
+            region_size=REGION_SIZE,
+            reference=True,
         )
         for case in CASES:
-            ref_s, (ref_score, ref_sel, ref_act) = _timed(
-                lambda case=case: run_reference(probs, embeddings, case, picks), device
-            )
+            inputs = (probs, embeddings, case, picks)
+            ref_s, (ref_score, ref_sel, ref_act) = _timed(partial(run_reference, *inputs), device)
             ours_times, default_times = [], []
             for _ in range(repeats):
-                t, (score, sel, act) = _timed(lambda case=case: run_ours(probs, embeddings, case, picks, True), device)
+                t, (score, sel, act) = _timed(partial(run_ours, *inputs, True), device)
                 ours_times.append(t)
-                t, _ = _timed(lambda case=case: run_ours(probs, embeddings, case, picks, False), device)
+                t, _ = _timed(partial(run_ours, *inputs, False), device)
                 default_times.append(t)
             ours_s = statistics.median(ours_times)
             default_s = statistics.median(default_times)
@@ -248,7 +264,9 @@ def benchmark(sizes: list[tuple[int, int]], *, device: torch.device, repeats: in
     at_target = [r for pixels, r in ratios if pixels >= TARGET_PIXELS]
     if at_target:
         verdict = "met" if min(at_target) >= SPEEDUP_TARGET else "NOT met"
-        target = f"at 2048x1024: min {min(at_target):.1f}x, target >= {SPEEDUP_TARGET:.0f}x {verdict}"
+        target = (
+            f"at 2048x1024: min {min(at_target):.1f}x, target >= {SPEEDUP_TARGET:.0f}x {verdict}"
+        )
     else:
         target = "target is defined at 2048x1024, not run"
     print(f"\nminimum speed-up {lowest:.1f}x ({target}); all outputs identical: {all_identical}")
@@ -261,18 +279,26 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
         try:
             height, width = (int(v) for v in item.lower().split("x"))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"sizes must look like 640x1280,1024x2048, but got {item!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"sizes must look like 640x1280,1024x2048, but got {item!r}"
+            ) from None
         sizes.append((height, width))
     return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=_parse_sizes, default=None, help="HxW list (default 640x1280,1024x2048)")
+    parser.add_argument(
+        "--sizes", type=_parse_sizes, default=None, help="HxW list (default 640x1280,1024x2048)"
+    )
     parser.add_argument("--quick", action="store_true", help="640x1280 only (under ~1 min on CPU)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of halo_ray per case (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of halo_ray per case (median)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:

@@ -72,7 +72,7 @@ class ExperimentConfig:
     rounds: int = 5  # selection rounds R
     region_size: int = 3  # odd side of a labelled square (2k+1)
     suppression: int | None = None  # odd side of the suppression window; None = strategy default
-    bins: int = 8  # radius quantisation levels K for the HALO boundary score
+    bins: int = 100  # radius quantisation levels K of the HALO boundary score (reference K)
     boundary_window: int = 3  # odd side of the HALO boundary (impurity) window
     reference: bool = False  # reproduce the released reference code's scores exactly
 

@@ -320,7 +320,7 @@ class ActiveLearningRun:
                     cfg.strategy, probs[j], emb[j] if cfg.strategy in HYPERBOLIC_STRATEGIES else None,
                     curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
                     region_size=cfg.region_size, boundary_window=cfg.boundary_window,
-                    reference=cfg.reference, generator=gen,
+                    reference=cfg.reference, generator=gen, unit=cfg.unit,
                 ).cpu()
                 active = torch.from_numpy(self.pool.suppressed(i, cfg.suppression_size))
                 centres = select_centres(score, picks=picks, suppression=cfg.suppression_size, active=active)

@@ -51,7 +51,9 @@ def _clipped_area(centres: torch.Tensor, shape: tuple[int, int], side: int) -> i
 
 
 def test_picks_per_round_region_unit():
-    assert picks_per_round(1024, 2048, budget_pct=5, rounds=5, region_size=3) == 2331  # ceil(20971.52/9)
+    assert (
+        picks_per_round(1024, 2048, budget_pct=5, rounds=5, region_size=3) == 2331
+    )  # ceil(20971.52/9)
     assert picks_per_round(640, 1280, budget_pct=5, rounds=5, region_size=3) == 911
     assert picks_per_round(128, 256, budget_pct=1, rounds=5, region_size=3) == 8  # ceil(65.536/9)
 
@@ -59,7 +61,10 @@ def test_picks_per_round_region_unit():
 def test_picks_per_round_pixel_unit_counts_centre_pixels():
     assert picks_per_round(1024, 2048, budget_pct=5, rounds=5, region_size=3, unit="pixel") == 20972
     # RIPU's 40 pixels per 1280x640 image over 5 rounds
-    assert picks_per_round(640, 1280, budget_pct=0.0048828125, rounds=5, region_size=3, unit="pixel") == 8
+    assert (
+        picks_per_round(640, 1280, budget_pct=0.0048828125, rounds=5, region_size=3, unit="pixel")
+        == 8
+    )
 
 
 def test_picks_per_round_is_exact_on_exact_multiples():
@@ -100,7 +105,9 @@ def test_constant_map_tie_break_smallest_column_then_row():
     centres = select_centres(torch.zeros(8, 10), picks=100, suppression=3)
     expected = [(r, c) for c in range(0, 10, 2) for r in range(0, 8, 2)]
     assert centres.tolist() == [list(p) for p in expected]
-    ref, _, _ = reference_greedy(torch.zeros(8, 10), torch.zeros(8, 10, dtype=torch.bool), 100, 1, 3)
+    ref, _, _ = reference_greedy(
+        torch.zeros(8, 10), torch.zeros(8, 10, dtype=torch.bool), 100, 1, 3
+    )
     assert [tuple(p) for p in centres.tolist()] == ref
 
 
@@ -172,7 +179,9 @@ def test_minus_infinity_is_never_picked_and_all_active_gives_nothing():
     score[2, 3] = 1.0
     assert select_centres(score, picks=5, suppression=1).tolist() == [[2, 3]]
     everything = torch.ones((6, 6), dtype=torch.bool)
-    selected, active = select(torch.rand(6, 6), picks=5, region_size=3, suppression=3, active=everything)
+    selected, active = select(
+        torch.rand(6, 6), picks=5, region_size=3, suppression=3, active=everything
+    )
     assert not selected.any() and bool(active.all())
     assert select_centres(torch.rand(6, 6), picks=0, suppression=3).shape == (0, 2)
 
@@ -236,7 +245,9 @@ def _selection_problem(draw):
     height = draw(st.integers(1, 12))
     width = draw(st.integers(1, 12))
     levels = draw(st.integers(1, 4))  # few levels -> many ties
-    values = draw(st.lists(st.integers(0, levels), min_size=height * width, max_size=height * width))
+    values = draw(
+        st.lists(st.integers(0, levels), min_size=height * width, max_size=height * width)
+    )
     score = torch.tensor(values, dtype=torch.float32).reshape(height, width)
     active_bits = draw(st.lists(st.booleans(), min_size=height * width, max_size=height * width))
     use_active = draw(st.booleans())
@@ -255,10 +266,17 @@ def test_select_property_matches_reference_and_invariants(problem):
     height, width = score.shape
     prior = active if active is not None else torch.zeros((height, width), dtype=torch.bool)
     selected, new_active = select(
-        score, picks=picks, region_size=region_size, suppression=suppression, active=active, unit=unit
+        score,
+        picks=picks,
+        region_size=region_size,
+        suppression=suppression,
+        active=active,
+        unit=unit,
     )
     centres = select_centres(score, picks=picks, suppression=suppression, active=active)
-    ref_centres, ref_selected, ref_active = reference_greedy(score, prior, picks, region_size, suppression, unit)
+    ref_centres, ref_selected, ref_active = reference_greedy(
+        score, prior, picks, region_size, suppression, unit
+    )
     assert [tuple(p) for p in centres.tolist()] == ref_centres
     assert torch.equal(selected, ref_selected)
     assert torch.equal(new_active, ref_active)

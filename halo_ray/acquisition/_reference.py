@@ -86,7 +86,7 @@ def _emulated_entropy(probs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entropy_emulation_ok(num_classes: int, dtype: torch.dtype) -> bool:
     """Self-check of ``_emulated_entropy`` against the dense call, once per (C, dtype)."""
     if num_classes > _MAX_EMULATED_ROWS:
@@ -137,7 +137,7 @@ def _curvature_tensor(curvature: float) -> torch.Tensor:
     return torch.tensor(-curvature, dtype=torch.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _radius_emulation_ok(dtype: torch.dtype) -> bool:
     """Self-check of ``_emulated_radius`` against the dense call, once per dtype."""
     if dtype != torch.float32:

@@ -8,8 +8,10 @@ of the RIPU and HALO scores. The reference code builds a one-hot ``[K, H, W]`` t
 box-filters every channel, which costs ``K·H·W`` memory and work (K = 100 bins for HALO).
 Here the ``side²`` labels of each window are sorted with a fixed sorting network (a few
 dozen element-wise min/max ops over ``[H, W]`` maps), after which equal labels are adjacent
-and the histogram counts are run lengths. For large windows over few labels a per-label
-box filter is cheaper; :func:`window_impurity` picks whichever costs fewer full-map ops.
+and the histogram counts are run lengths. For 3x3 windows the 8 "equals its predecessor"
+bits of the sorted labels fix the histogram's shape, so the impurity is one table lookup.
+For large windows over few labels a per-label box filter is cheaper; :func:`window_impurity`
+picks whichever costs fewer full-map ops.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,7 +88,7 @@ def _in_image_count(
     return extent(height)[:, None] * extent(width)[None, :]  # [H, W]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Comparators ``(i, j)``, ``i < j``, of a sorting network for ``n`` inputs.
 
@@ -130,7 +133,10 @@ def _sorted_window(labels: torch.Tensor, num_labels: int, side: int) -> list[tor
     padded = F.pad(labels.to(_label_dtype(num_labels)), (k, k, k, k), value=num_labels)
     values = [padded[i : i + height, j : j + width] for i in range(side) for j in range(side)]
     for a, b in sorting_network(side * side):
-        values[a], values[b] = torch.minimum(values[a], values[b]), torch.maximum(values[a], values[b])
+        values[a], values[b] = (
+            torch.minimum(values[a], values[b]),
+            torch.maximum(values[a], values[b]),
+        )
     return values
 
 
@@ -172,7 +178,9 @@ def _adjacent_equal_code(values: list[torch.Tensor]) -> torch.Tensor:
     return code
 
 
-def _code_index(code: torch.Tensor, extra: torch.Tensor | None, total: torch.Tensor) -> torch.Tensor:
+def _code_index(
+    code: torch.Tensor, extra: torch.Tensor | None, total: torch.Tensor
+) -> torch.Tensor:
     """Flat table index ``((N·256) + extra)·256 + code`` (``extra`` optional), int32 ``[H·W]``."""
     index = (total * (65536 if extra is not None else 256)).to(torch.int32)
     if extra is not None:
@@ -181,7 +189,7 @@ def _code_index(code: torch.Tensor, extra: torch.Tensor | None, total: torch.Ten
     return index.reshape(-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _runs_by_code() -> list[list[list[int]]]:
     """For each N in 0..9 and 8-bit adjacency code: the run lengths among the first N entries."""
     table: list[list[list[int]]] = []
@@ -244,7 +252,7 @@ def window_impurity(labels: torch.Tensor, num_labels: int, side: int) -> torch.T
     ``labels`` is ``[H, W]`` with values in ``[0, K)``; outside pixels are ignored (the
     histogram holds the in-image pixels only). Exact ``0·ln 0 = 0``: a window with a single
     label scores exactly 0, one split evenly between two labels scores ``ln 2 / ln K``.
-    Returns float32 ``[H, W]`` in ``[0, ln(side²)/ln K]``.
+    Returns float32 ``[H, W]`` in ``[0, 1]``.
     """
     height, width = labels.shape
     device = labels.device
@@ -265,9 +273,15 @@ def window_impurity(labels: torch.Tensor, num_labels: int, side: int) -> torch.T
         delta.view(n + 1, n + 1)[:, 1:] -= table.view(n + 1, n + 1)[:, :-1].clone()
         _, ranks, _ = _sorted_window_runs(labels, num_labels, side)
         for rank in ranks:
-            out += torch.index_select(delta, 0, (base + rank.to(torch.int64)).reshape(-1)).reshape(height, width)
+            out += torch.index_select(delta, 0, (base + rank.to(torch.int64)).reshape(-1)).reshape(
+                height, width
+            )
         return out
-    present = torch.bincount(labels.reshape(-1).to(torch.int64), minlength=num_labels).nonzero().reshape(-1)
+    present = (
+        torch.bincount(labels.reshape(-1).to(torch.int64), minlength=num_labels)
+        .nonzero()
+        .reshape(-1)
+    )
     for label in present.tolist():
         hit = (labels == label).to(torch.float32)
         count = box_sum_conv(hit, side).round_().to(torch.int64)  # [H, W], exact small ints
@@ -341,7 +355,7 @@ _CASCADE_BLOCK = 16  # = 1 << 4, the shift used for block ids
 _CASCADE_MAX_LABELS = 256
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_table_3x3(num_labels: int) -> torch.Tensor:
     """Reference impurity sum for every (N, block-change code, adjacency code) of a 3x3 window.
 
@@ -351,8 +365,6 @@ def _reference_table_3x3(num_labels: int) -> torch.Tensor:
     addition is commutative, so "tail + blocks" equals "blocks + tail"). Zero terms of absent
     labels are exact no-ops. Returns float32 ``[10·256·256]`` on CPU.
     """
-    import numpy as np
-
     terms = _reference_terms(3, torch.device("cpu")).numpy().reshape(10, 10)  # [N, n]
     codes = np.arange(1 << 16)
     same_label = codes & 255
@@ -393,7 +405,9 @@ def _reference_impurity_3x3_cpu(labels: torch.Tensor, num_labels: int) -> torch.
     return _redo_tail_dense(out, labels, num_labels, 3)
 
 
-def _redo_tail_dense(out: torch.Tensor, labels: torch.Tensor, num_labels: int, side: int) -> torch.Tensor:
+def _redo_tail_dense(
+    out: torch.Tensor, labels: torch.Tensor, num_labels: int, side: int
+) -> torch.Tensor:
     """Overwrite the last ``tail_columns(H·W)`` pixels with the dense reference computation.
 
     Only the bottom rows that hold those pixels, plus the window's reach above them, are
@@ -446,11 +460,13 @@ def _reference_impurity_runs(labels: torch.Tensor, num_labels: int, side: int) -
         keep = end & (value != num_labels)
         classes.append(torch.where(keep, value.to(torch.int64), num_labels))
         index = (base + rank.to(torch.int64)).reshape(-1)
-        terms.append(torch.where(keep, torch.index_select(table, 0, index).reshape(height, width), 0.0))
+        terms.append(
+            torch.where(keep, torch.index_select(table, 0, index).reshape(height, width), 0.0)
+        )
     return _dense_class_sum(classes, terms, num_labels, height, width)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_table_matches(num_labels: int) -> bool:
     """Self-check: does the 3x3 table emulation equal torch's own dense sum bitwise here?
 
@@ -473,7 +489,9 @@ def _cpu_table_matches(num_labels: int) -> bool:
     return bool(torch.equal(fast, dense))
 
 
-def window_impurity_reference(labels: torch.Tensor, num_labels: int, side: int) -> torch.Tensor:
+def window_impurity_reference(
+    labels: torch.Tensor, num_labels: int, side: int, *, normalise: bool = True
+) -> torch.Tensor:
     """The reference code's region impurity, bitwise: ``sum_k -d_k·log(d_k + 1e-6) / log K``.
 
     ``d_k`` is the fraction of the window's in-image pixels with label k (the reference's
@@ -483,7 +501,8 @@ def window_impurity_reference(labels: torch.Tensor, num_labels: int, side: int) 
     reproduces the reference's float32 class-order sum; otherwise the terms of the present
     labels are scattered into a zero ``[K, pixels]`` buffer that ``torch.sum`` reduces as the
     reference does (on CUDA with the reference's exact ``[1, K, H, W]`` shape). Windows over
-    7x7 run the reference's dense one-hot computation as is.
+    7x7 run the reference's dense one-hot computation as is. ``normalise=False`` returns
+    the sum before the division by ``log K`` (RIPU's ``SpatialPurity``).
     """
     if labels.device.type == "cpu" and side == 3 and _cpu_table_matches(num_labels):
         summed = _reference_impurity_3x3_cpu(labels, num_labels)
@@ -491,4 +510,4 @@ def window_impurity_reference(labels: torch.Tensor, num_labels: int, side: int) 
         summed = _reference_impurity_runs(labels, num_labels, side)
     else:
         summed = _reference_impurity_dense(labels, num_labels, side)
-    return summed / math.log(num_labels)
+    return summed / math.log(num_labels) if normalise else summed

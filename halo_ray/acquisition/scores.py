@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_odd
 from ._reference import reference_entropy, reference_radius
-
 from ._windows import (
     box_mean,
     box_sum_conv,
@@ -55,7 +55,13 @@ STRATEGIES: tuple[str, ...] = (
 )
 """Every acquisition strategy ``score_map`` knows, in the order the docs list them."""
 
-HYPERBOLIC_STRATEGIES: tuple[str, ...] = ("halo", "halo_radius", "boundaries", "radius", "radius_inv")
+HYPERBOLIC_STRATEGIES: tuple[str, ...] = (
+    "halo",
+    "halo_radius",
+    "boundaries",
+    "radius",
+    "radius_inv",
+)
 """Strategies that read the hyperbolic radius, so ``embeddings`` must be given."""
 
 UNITS: tuple[str, ...] = ("region", "pixel")
@@ -104,7 +110,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     lo_v, hi_v = float(lo), float(hi)
     spread = hi_v - lo_v
     scale = max(abs(lo_v), abs(hi_v))
-    if not spread > _CONSTANT_ULPS * torch.finfo(torch.float32).eps * scale or not math.isfinite(spread):
+    flat = not spread > _CONSTANT_ULPS * torch.finfo(torch.float32).eps * scale
+    if flat or not math.isfinite(spread):
         return torch.zeros_like(x)
     return (x - lo) / (hi - lo)
 
@@ -199,14 +206,18 @@ def _quantise_reference(radius: torch.Tensor, bins: int) -> torch.Tensor:
     lo, hi = x.min(), x.max()
     x = (x - lo) / (hi - lo)
     predict = x * bins - 0.5
-    predict = torch.clamp(predict, min=-0.5 + _REFERENCE_QUANT_EPS, max=bins - 0.5 - _REFERENCE_QUANT_EPS)
+    predict = torch.clamp(
+        predict, min=-0.5 + _REFERENCE_QUANT_EPS, max=bins - 0.5 - _REFERENCE_QUANT_EPS
+    )
     return torch.round(predict).long()
 
 
 # ----------------------------------------------------------------------------- uncertainty terms
 
 
-def _region_average(req: _Request, pixel_map: torch.Tensor, *, window: int | None = None) -> torch.Tensor:
+def _region_average(
+    req: _Request, pixel_map: torch.Tensor, *, window: int | None = None
+) -> torch.Tensor:
     """Uncertainty of each candidate: the region mean (RA) or the pixel's own value (PA).
 
     Default: zero-padded mean over ``region_size²``. Reference: the reference's
@@ -296,10 +307,12 @@ def _score_ripu(req: _Request) -> torch.Tensor:
     num_classes = req.probs.shape[0]
     if req.reference:
         labels = _argmax_labels(req.probs)  # equals torch.argmax (first class on ties)
-        impurity = window_impurity_reference(labels, num_classes, req.region_size)
         if req.unit == "pixel":
-            raw_impurity = impurity * math.log(num_classes)
-            return reference_entropy(req.probs, normalise=False) * raw_impurity
+            purity = window_impurity_reference(
+                labels, num_classes, req.region_size, normalise=False
+            )
+            return reference_entropy(req.probs, normalise=False) * purity
+        impurity = window_impurity_reference(labels, num_classes, req.region_size)
         return impurity * _region_average(req, _entropy_term(req))
     impurity = window_impurity(_argmax_labels(req.probs), num_classes, req.region_size)
     return impurity * _region_average(req, _entropy_term(req))
@@ -360,13 +373,6 @@ assert tuple(_SCORERS) == STRATEGIES
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_odd(name: str, value: object) -> int:
-    """An odd integer >= 1 (a window side), or ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name} must be an odd integer >= 1, but got {name}={value!r}")
-    return int(value)
-
-
 def _validate(
     strategy: str,
     probs: torch.Tensor,
@@ -387,7 +393,9 @@ def _validate(
         raise ValueError(f"unit must be one of {UNITS}, but got unit={unit!r}")
     if not isinstance(probs, torch.Tensor) or probs.dim() != 3:
         shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(f"probs must be a [C, H, W] tensor of softmax probabilities, but got {shape}")
+        raise ValueError(
+            f"probs must be a [C, H, W] tensor of softmax probabilities, but got {shape}"
+        )
     if not probs.is_floating_point():
         raise ValueError(f"probs must be a floating-point tensor, but got dtype={probs.dtype}")
     num_classes, height, width = probs.shape
@@ -395,8 +403,8 @@ def _validate(
         raise ValueError(f"probs must have at least 2 classes (C >= 2), but got C={num_classes}")
     if height < 1 or width < 1:
         raise ValueError(f"probs must have a non-empty image, but got H={height}, W={width}")
-    region_size = _check_odd("region_size", region_size)
-    boundary_window = _check_odd("boundary_window", boundary_window)
+    region_size = check_odd("region_size", region_size)
+    boundary_window = check_odd("boundary_window", boundary_window)
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2, but got bins={bins!r}")
     if isinstance(curvature, bool) or not isinstance(curvature, numbers.Real):
@@ -411,10 +419,16 @@ def _validate(
             )
     if embeddings is not None:
         if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 3:
-            shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            shape = (
+                tuple(embeddings.shape)
+                if isinstance(embeddings, torch.Tensor)
+                else type(embeddings).__name__
+            )
             raise ValueError(f"embeddings must be a [D, H, W] tensor, but got {shape}")
         if not embeddings.is_floating_point():
-            raise ValueError(f"embeddings must be a floating-point tensor, but got dtype={embeddings.dtype}")
+            raise ValueError(
+                f"embeddings must be a floating-point tensor, but got dtype={embeddings.dtype}"
+            )
         if tuple(embeddings.shape[1:]) != (height, width):
             raise ValueError(
                 "embeddings must share the image size of probs, but got embeddings "
@@ -426,7 +440,9 @@ def _validate(
                 f"and {probs.device}"
             )
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator or None, but got {type(generator).__name__}")
+        raise ValueError(
+            f"generator must be a torch.Generator or None, but got {type(generator).__name__}"
+        )
     probs32 = probs.detach().to(torch.float32).contiguous()
     emb = None
     if embeddings is not None and strategy in HYPERBOLIC_STRATEGIES:

@@ -4,8 +4,8 @@ The reference code picks with ``torch.max`` over the whole map once per pick and
 ``-inf`` into the suppression window: O(picks·H·W). Here the map is ordered once (highest
 score first, ties by smallest column then smallest row - the reference's ``torch.max`` order),
 and the ordered candidates are walked once, skipping centres that an earlier pick (or an
-earlier round, via ``active``) suppressed. A pick costs O(suppression) to mark its window,
-never a pass over the map. Only as many top candidates as needed are ordered: the walk takes
+earlier round, via ``active``) suppressed. A pick costs one slice assignment of its
+``suppression²`` window, never a pass over the map. Only as many top candidates as needed are ordered: the walk takes
 the best chunk by a partial selection, and a further chunk only if that one runs dry.
 
 The result is the reference's greedy choice exactly: the same centres in the same order.
@@ -19,6 +19,8 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+
+from ._checks import check_count, check_odd
 
 __all__ = ["picks_per_round", "select", "select_centres", "square_mask"]
 
@@ -36,21 +38,8 @@ _WALK_BATCH_MAX = 8192
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_odd(name: str, value: object) -> int:
-    """An odd integer >= 1 (a window side), or ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{name} must be an odd integer >= 1, but got {name}={value!r}")
-    return int(value)
-
-
-def _check_count(name: str, value: object) -> int:
-    """A non-negative integer, or ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, but got {name}={value!r}")
-    return int(value)
-
-
 def _check_unit(unit: object) -> str:
+    """One of ``region``/``pixel``, or ValueError naming the value."""
     if unit not in _UNITS:
         raise ValueError(f"unit must be one of {_UNITS}, but got unit={unit!r}")
     return str(unit)
@@ -110,21 +99,27 @@ def picks_per_round(
     as), so exact multiples never round up by one. ``reference=True`` uses the reference's
     float expression ``ceil(H·W·(budget/100/rounds) / region_size²)``.
     """
-    height = _check_count("height", height)
-    width = _check_count("width", width)
-    rounds = _check_count("rounds", rounds)
+    height = check_count("height", height)
+    width = check_count("width", width)
+    rounds = check_count("rounds", rounds)
     if rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, but got rounds={rounds}")
-    region_size = _check_odd("region_size", region_size)
+    region_size = check_odd("region_size", region_size)
     unit = _check_unit(unit)
     if isinstance(budget_pct, bool) or not isinstance(budget_pct, numbers.Real):
-        raise ValueError(f"budget_pct must be a number in (0, 100], but got budget_pct={budget_pct!r}")
+        raise ValueError(
+            f"budget_pct must be a number in (0, 100], but got budget_pct={budget_pct!r}"
+        )
     if not (0 < float(budget_pct) <= 100):
         raise ValueError(f"budget_pct must be in (0, 100], but got budget_pct={budget_pct!r}")
     area = region_size * region_size if unit == "region" else 1
     if reference:
         return math.ceil(height * width * (float(budget_pct) / 100 / rounds) / area)
-    exact = Fraction(repr(float(budget_pct))) if not isinstance(budget_pct, numbers.Rational) else Fraction(budget_pct)
+    exact = (
+        Fraction(repr(float(budget_pct)))
+        if not isinstance(budget_pct, numbers.Rational)
+        else Fraction(budget_pct)
+    )
     value = Fraction(height * width) * exact / 100 / rounds / area
     return math.ceil(value)
 
@@ -143,7 +138,7 @@ def square_mask(centres: torch.Tensor, shape: tuple[int, int], side: int) -> tor
     Returns:
         bool ``[H, W]`` on ``centres``' device. Vectorised: one scatter of ``n·side²`` indices.
     """
-    side = _check_odd("side", side)
+    side = check_odd("side", side)
     height, width = (int(shape[0]), int(shape[1]))
     if not isinstance(centres, torch.Tensor) or centres.dim() != 2 or centres.shape[1] != 2:
         got = tuple(centres.shape) if isinstance(centres, torch.Tensor) else type(centres).__name__
@@ -205,7 +200,9 @@ def _walk(
             out.append((row, col))
             if len(out) == picks:
                 return
-            blocked[max(col - radius, 0) : col + radius + 1, max(row - radius, 0) : row + radius + 1] = 1
+            blocked[
+                max(col - radius, 0) : col + radius + 1, max(row - radius, 0) : row + radius + 1
+            ] = 1
         batch = min(batch * 2, _WALK_BATCH_MAX)
 
 
@@ -261,8 +258,8 @@ def select_centres(
     the map runs out of available centres.
     """
     score = _check_score(score)
-    picks = _check_count("picks", picks)
-    suppression = _check_odd("suppression", suppression)
+    picks = check_count("picks", picks)
+    suppression = check_odd("suppression", suppression)
     active = _check_active(active, score)
     centres = _greedy(score, picks, suppression, active)
     return torch.tensor(centres, dtype=torch.int64, device=score.device).reshape(-1, 2)
@@ -297,7 +294,7 @@ def select(
         Fewer than ``picks`` centres are taken when the map runs out of available ones.
     """
     unit = _check_unit(unit)
-    region_size = _check_odd("region_size", region_size)
+    region_size = check_odd("region_size", region_size)
     centres = select_centres(score, picks=picks, suppression=suppression, active=active)
     shape = (int(score.shape[0]), int(score.shape[1]))
     selected = square_mask(centres, shape, region_size if unit == "region" else 1)
