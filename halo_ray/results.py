@@ -26,7 +26,13 @@ def class_column(name: str) -> str:
     return "iou_" + name.replace(" ", "_")
 
 
+def radius_column(name: str) -> str:
+    """Parquet column of one class's mean hyperbolic radius on target-val: ``radius_car``."""
+    return "radius_" + name.replace(" ", "_")
+
+
 IOU_COLUMNS = [class_column(c) for c in CITYSCAPES_CLASSES]
+RADIUS_COLUMNS = [radius_column(c) for c in CITYSCAPES_CLASSES]
 
 _FIELDS: list[tuple[str, pa.DataType]] = [
     ("search", pa.string()),
@@ -59,6 +65,7 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("pixel_acc", pa.float64()),
     *[(c, pa.float64()) for c in IOU_COLUMNS],
     ("radius_mean", pa.float64()),
+    *[(c, pa.float64()) for c in RADIUS_COLUMNS],
     ("radius_acc_spearman", pa.float64()),
     ("wall_s", pa.float64()),
     ("halo_ray_version", pa.string()),
@@ -118,10 +125,12 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
 
 __all__ = [
     "IOU_COLUMNS",
+    "RADIUS_COLUMNS",
     "RESULT_COLUMNS",
     "RESULT_SCHEMA",
     "atomic_write_bytes",
     "class_column",
+    "radius_column",
     "read_results",
     "round_file",
     "row_table",

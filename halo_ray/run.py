@@ -32,7 +32,7 @@ from halo_ray.data import generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.hyperbolic import radius_map
 from halo_ray.pool import ArrayOracle, LabelPool
-from halo_ray.results import IOU_COLUMNS, atomic_write_bytes, read_results, write_round_row
+from halo_ray.results import IOU_COLUMNS, RADIUS_COLUMNS, atomic_write_bytes, read_results, write_round_row
 from halo_ray.training import Evaluation, TensorSet, Trainer
 
 CHECKPOINT_FORMAT = 1
@@ -417,6 +417,8 @@ class ActiveLearningRun:
             "config_json": cfg.to_json(),
         }
         for column, value in zip(IOU_COLUMNS, ev.iou, strict=True):
+            row[column] = _finite_or_none(float(value))
+        for column, value in zip(RADIUS_COLUMNS, ev.radius_per_class, strict=True):
             row[column] = _finite_or_none(float(value))
         return row
 

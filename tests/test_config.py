@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from halo_ray.config import ConfigError, ExperimentConfig, build_config, load_config, parse_overrides
+from halo_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    load_config,
+    parse_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

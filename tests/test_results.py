@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from halo_ray.results import IOU_COLUMNS, RESULT_COLUMNS, read_results, write_round_row
+from halo_ray.results import IOU_COLUMNS, RADIUS_COLUMNS, RESULT_COLUMNS, read_results, write_round_row
 
 
 def _row(trial: str, round_index: int, miou: float, radius=None) -> dict:
@@ -21,7 +21,7 @@ def _row(trial: str, round_index: int, miou: float, radius=None) -> dict:
         miou=miou, pixel_acc=90.0, radius_mean=radius, radius_acc_spearman=None, wall_s=1.0,
         halo_ray_version="0", config_json="{}",
     )
-    for c in IOU_COLUMNS:
+    for c in IOU_COLUMNS + RADIUS_COLUMNS:
         row[c] = None
     return row
 
@@ -34,6 +34,7 @@ def test_required_design_columns_present():
     ).split()
     assert set(required) <= set(RESULT_COLUMNS)
     assert "iou_traffic_light" in RESULT_COLUMNS and len(IOU_COLUMNS) == 19
+    assert "radius_traffic_light" in RESULT_COLUMNS and len(RADIUS_COLUMNS) == 19
 
 
 def test_rows_round_trip_and_repeated_round_replaces(tmp_path):
@@ -44,7 +45,7 @@ def test_rows_round_trip_and_repeated_round_replaces(tmp_path):
     write_round_row(tmp_path, _row("a", 1, 21.0, radius=1.5))  # a repeated round
     frame = pd.read_parquet(tmp_path)
     assert len(frame) == 3
-    assert sorted(zip(frame.trial_id, frame["round"])) == [("a", 0), ("a", 1), ("b", 0)]
+    assert sorted(zip(frame.trial_id, frame["round"], strict=False)) == [("a", 0), ("a", 1), ("b", 0)]
     ours = read_results(tmp_path)
     assert ours.loc[(ours.trial_id == "a") & (ours["round"] == 1), "miou"].item() == 21.0
     assert math.isnan(ours.loc[0, "radius_mean"])

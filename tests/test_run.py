@@ -17,6 +17,7 @@ import torch
 
 from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, build_config
+from halo_ray.results import RADIUS_COLUMNS
 from halo_ray.run import latest_checkpoint, load_checkpoint, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,11 @@ def test_run_writes_one_row_per_round_with_exact_budget(tiny_config_values, tmp_
     assert math.isclose(frame["labelled_pct"].iloc[-1], 100 * frame["labelled_pixels"].iloc[-1] / (8 * H * W))
     assert frame["miou"].between(0, 100).all()
     assert frame["radius_mean"].notna().all()
+    # the pixel-weighted mean radius lies between the per-class means it averages
+    per_class = frame[RADIUS_COLUMNS]
+    assert (per_class.notna().sum(axis=1) >= 5).all()
+    assert (per_class.min(axis=1) <= frame["radius_mean"] + 1e-9).all()
+    assert (frame["radius_mean"] <= per_class.max(axis=1) + 1e-9).all()
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
