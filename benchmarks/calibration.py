@@ -24,7 +24,7 @@ import torch
 
 from halo_ray.config import build_config
 from halo_ray.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
-from halo_ray.run import prepare_data
+from halo_ray.learner import prepare_data
 from halo_ray.training import TensorSet, Trainer
 
 warnings.filterwarnings("ignore")

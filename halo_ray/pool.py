@@ -108,7 +108,13 @@ class DatasetOracle:
         self._dataset = dataset
 
     def labels(self, index: int) -> np.ndarray:
-        """Return ``dataset[index].label`` as a numpy array."""
+        """Return ``dataset[index].label`` as a numpy array.
+
+        Datasets that can decode the label alone (``load_label(index)``, as the layout
+        readers do) are asked for just that, so the oracle never decodes images.
+        """
+        if hasattr(self._dataset, "load_label"):
+            return np.asarray(self._dataset.load_label(index))
         item = self._dataset[index]
         if hasattr(item, "label"):
             label = item.label
@@ -549,6 +555,15 @@ class LabelPool:
     def labelled_pct(self) -> float:
         """``100 · labelled_pixels / total_pixels``."""
         return 100.0 * self._labelled / self.total_pixels
+
+    def summary(self) -> dict[str, float | int]:
+        """Budget totals as one plain dict (one call, so it also works through a Ray actor)."""
+        return {
+            "labelled_pixels": self.labelled_pixels,
+            "void_pixels": self.void_pixels,
+            "total_pixels": self.total_pixels,
+            "labelled_pct": self.labelled_pct,
+        }
 
     def rounds_done(self, index: int) -> list[int]:
         """Rounds, ascending, for which image ``index`` has a reveal record."""

@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,18 @@ import pandas as pd
 import torch
 
 import halo_ray
-from halo_ray.acquisition import picks_per_round, score_map, select_centres
-from halo_ray.config import HYPERBOLIC_STRATEGIES, ConfigError, ExperimentConfig, build_config
-from halo_ray.data import generate_benchmark, open_dataset
-from halo_ray.data.labels import CITYSCAPES_CLASSES
-from halo_ray.hyperbolic import radius_map
-from halo_ray.pool import ArrayOracle, LabelPool
-from halo_ray.results import IOU_COLUMNS, RADIUS_COLUMNS, atomic_write_bytes, read_results, write_round_row
-from halo_ray.training import Evaluation, TensorSet, Trainer
+from halo_ray.acquisition import picks_per_round, select_centres
+from halo_ray.config import ConfigError, ExperimentConfig, build_config
+from halo_ray.learner import Learner, ensure_data, open_split
+from halo_ray.pool import DatasetOracle, LabelPool
+from halo_ray.results import (
+    IOU_COLUMNS,
+    RADIUS_COLUMNS,
+    atomic_write_bytes,
+    read_results,
+    write_round_row,
+)
+from halo_ray.training import Evaluation
 
 CHECKPOINT_FORMAT = 1
 LogFn = Callable[[str], None]
@@ -41,35 +44,6 @@ LogFn = Callable[[str], None]
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------------
-# data
-
-
-@dataclass
-class RunData:
-    """The three sets a run needs, decoded into memory."""
-
-    source: TensorSet
-    target_train: TensorSet
-    target_val: TensorSet
-
-
-def prepare_data(cfg: ExperimentConfig, log: LogFn = _stderr) -> RunData:
-    """Generate the embedded benchmark if asked and missing, then read the three sets."""
-    root = Path(cfg.data_root)
-    if cfg.generate_data and not root.exists() and cfg.source_root is None and cfg.target_root is None:
-        log(f"generating the embedded benchmark into {root} (seed {cfg.data_seed}) …")
-        t0 = time.perf_counter()
-        generate_benchmark(root, seed=cfg.data_seed)
-        log(f"generated in {time.perf_counter() - t0:.1f}s")
-    target_kw = {"conditions": cfg.target_conditions} if cfg.target == "acdc" else {}
-    source_split = None if cfg.source == "gtav" else "train"
-    source = open_dataset(cfg.source, cfg.source_path, split=source_split)
-    train = open_dataset(cfg.target, cfg.target_path, split="train", **target_kw)
-    val = open_dataset(cfg.target, cfg.target_path, split="val", **target_kw)
-    return RunData(TensorSet.from_dataset(source), TensorSet.from_dataset(train), TensorSet.from_dataset(val))
 
 
 # ----------------------------------------------------------------------------------
@@ -107,13 +81,12 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def source_checkpoint(
-    cfg: ExperimentConfig, trainer: Trainer, data: RunData, generator: torch.Generator, log: LogFn
-) -> dict:
-    """The source pre-trained state for this config: from the cache, or trained and cached.
+def source_checkpoint(cfg: ExperimentConfig, learner: Learner, log: LogFn) -> dict:
+    """The source pre-trained learner state for this config: from the cache, or trained and cached.
 
     The cached state holds the model, optimizer and the sampling generator, so a run that
-    reads the cache continues exactly like the run that wrote it.
+    reads the cache continues exactly like the run that wrote it. ``learner`` must be fresh
+    (just constructed); the lock makes concurrent runs with one source config train it once.
     """
     path = Path(cfg.source_cache) / f"source-{cfg.source_key()}.pt"
     with _file_lock(path.with_suffix(".lock")):
@@ -121,12 +94,8 @@ def source_checkpoint(
             log(f"source pre-training: {cfg.source_steps} steps (cache {path})")
             total = cfg.total_steps if cfg.loop == "continuous" else cfg.source_steps
             progress = ProgressLine(log, cfg.log_every, "source", total)
-            trainer.train(
-                cfg.source_steps, source=data.source, generator=generator, start_step=0,
-                total_steps=total, progress=progress,
-            )
-            state = {"trainer": trainer.state_dict(), "generator": generator.get_state()}
-            save_checkpoint(path, state)
+            learner.train(cfg.source_steps, start_step=0, total_steps=total, progress=progress)
+            save_checkpoint(path, learner.state_dict())
         else:
             log(f"source pre-training: reusing {path}")
     return load_checkpoint(path)
@@ -166,7 +135,12 @@ def _fmt(seconds: float) -> str:
 
 
 class ActiveLearningRun:
-    """State and steps of one multi-round run; ``execute`` drives it to the end."""
+    """State and steps of one multi-round run; ``execute`` drives it to the end.
+
+    The learner and the label pool are reached only through method calls, so they may be
+    the plain objects (built here by default) or Ray actors behind a proxy that turns a
+    method call into ``ray.get(actor.method.remote(...))`` — the run does not know which.
+    """
 
     def __init__(
         self,
@@ -177,6 +151,8 @@ class ActiveLearningRun:
         trial_id: str | None = None,
         log: LogFn = _stderr,
         tensorboard: bool = True,
+        learner: Learner | None = None,
+        pool: LabelPool | None = None,
     ):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -184,19 +160,17 @@ class ActiveLearningRun:
         self.trial_id = trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}"
         self.log = log
         self.tensorboard = tensorboard
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        self.data = prepare_data(cfg, log)
-        self.num_classes = len(CITYSCAPES_CLASSES)
-        self.trainer = Trainer(cfg, self.num_classes)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        labels = [self.data.target_train.labels[i].numpy() for i in range(len(self.data.target_train))]
-        self.pool = LabelPool([lab.shape for lab in labels], ArrayOracle(labels))
+        ensure_data(cfg, log)
+        self.learner = learner if learner is not None else Learner(cfg, log=log)
+        self.shapes = self.learner.target_shapes()
+        self.names = self.learner.target_names()
+        self.pool = pool if pool is not None else LabelPool(self.shapes, DatasetOracle(open_split(cfg, "train")))
         self.round = 0
         self.step = 0
         self.wall_s = 0.0
         self._source_state: dict | None = None
         self._writer = None
+        self.last_row: dict | None = None  # the latest round's result row
 
     # -- paths ---------------------------------------------------------------------
     @property
@@ -221,137 +195,136 @@ class ActiveLearningRun:
                 f"{self.out_dir} already holds a run (last checkpoint {existing.name}); "
                 "pass --resume to continue it or choose another --out"
             )
+        if existing is not None:
+            self.restore(load_checkpoint(existing), existing)
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.out_dir / "config.json"
-        if existing is not None:
-            state = load_checkpoint(existing)
-            _check_same_config(self.cfg, state["config"], existing)
-            self._restore(state)
-            self._writer_at(purge_step=self.step + 1)
-            self.log(f"resumed from {existing} (round {self.round}, step {self.step})")
-            return
         atomic_write_bytes(config_file, lambda tmp: tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2)))
         self._writer_at(purge_step=None)
         t0 = time.perf_counter()
-        source = self._source_state_for_run()
-        self.trainer.load_state_dict(source["trainer"])
-        self.generator.set_state(source["generator"])
+        self.learner.load_state_dict(self._source_state_for_run())
         self.step = self.cfg.source_steps
         self.round = 0
-        self._finish_round(self.trainer.evaluate(self.data.target_val), t0)
+        self._finish_round(self.learner.evaluate(), t0)
 
     def _source_state_for_run(self) -> dict:
         if self._source_state is None:
-            scratch = torch.Generator().manual_seed(self.cfg.seed)
-            self._source_state = source_checkpoint(self.cfg, self.trainer, self.data, scratch, self.log)
+            self._source_state = source_checkpoint(self.cfg, self.learner, self.log)
         return self._source_state
 
-    def _restore(self, state: dict) -> None:
-        self.trainer.load_state_dict(state["trainer"])
+    def restore(self, state: dict, origin: Path | str) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint_state`."""
+        _check_same_config(self.cfg, state["config"], origin)
+        self.learner.load_state_dict(state["learner"])
         self.pool.load_state_dict(state["pool"])
-        self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.round = int(state["round"])
         self.step = int(state["step"])
         self.wall_s = float(state["wall_s"])
+        self._writer_at(purge_step=self.step + 1)
+        self.log(f"resumed from {origin} (round {self.round}, step {self.step})")
 
     def execute(self, resume: bool = False) -> pd.DataFrame:
         """Run (or finish) every round; returns this run's result rows."""
         self.start_or_resume(resume)
         while self.round < self.cfg.rounds:
             self.run_round(self.round + 1)
-        if self._writer is not None:
-            self._writer.close()
+        self.close()
         frame = read_results(self.results_dir)
         return frame[frame["trial_id"] == self.trial_id].reset_index(drop=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # -- one round -----------------------------------------------------------------
     def run_round(self, r: int) -> None:
         """Select, reveal, train and evaluate round ``r``; write its row and checkpoint."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.log(f"round {r}/{cfg.rounds}: scoring {len(self.data.target_train)} target images ({cfg.strategy})")
+        self.log(f"round {r}/{cfg.rounds}: scoring {len(self.shapes)} target images ({cfg.strategy})")
         self.select_round(r)
+        summary = self.pool.summary()
         self.log(
-            f"round {r}/{cfg.rounds}: labelled {self.pool.labelled_pct:.3f}% of target pixels "
-            f"({self.pool.labelled_pixels} px)"
+            f"round {r}/{cfg.rounds}: labelled {summary['labelled_pct']:.3f}% of target pixels "
+            f"({summary['labelled_pixels']} px)"
         )
-        target_labels = torch.from_numpy(
-            np.stack([self.pool.labels(i) for i in range(len(self.data.target_train))])
-        )
+        target_labels = torch.from_numpy(np.stack([self.pool.labels(i) for i in range(len(self.shapes))]))
         if cfg.loop == "retrain":
-            self.trainer.load_state_dict(self._source_state_for_run()["trainer"])
-            self.trainer.reset_optimizer()
+            self.learner.load_state_dict(self._source_state_for_run())
+            self.learner.reset_optimizer()
             start, total = 0, cfg.round_steps
         else:
             start, total = self.step, cfg.total_steps
         progress = ProgressLine(self.log, cfg.log_every, f"round {r}/{cfg.rounds}", total, start)
-        writer = self._writer_at(None)
-
-        def report(step: int, total_: int, loss: float, lr: float) -> None:
-            progress(step, total_, loss, lr)
-            if writer is not None and step % cfg.log_every == 0:
-                global_step = self.step + (step - start)
-                writer.add_scalar("train/loss", loss, global_step)
-                writer.add_scalar("train/lr", lr, global_step)
-
-        self.trainer.train(
-            cfg.round_steps, source=self.data.source, generator=self.generator, start_step=start,
-            total_steps=total, target=self.data.target_train, target_labels=target_labels, progress=report,
+        history = self.learner.train(
+            cfg.round_steps, start_step=start, total_steps=total, target_labels=target_labels, progress=progress
         )
+        writer = self._writer_at(None)
+        if writer is not None:
+            for step, loss, lr in history:
+                if step % cfg.log_every == 0:
+                    global_step = self.step + (step - start)
+                    writer.add_scalar("train/loss", loss, global_step)
+                    writer.add_scalar("train/lr", lr, global_step)
         self.step += cfg.round_steps
         self.round = r
-        self._finish_round(self.trainer.evaluate(self.data.target_val), t0)
+        self._finish_round(self.learner.evaluate(), t0)
 
     def select_round(self, r: int) -> None:
-        """Score every target-train image with the current model and reveal its picks."""
+        """Score every target-train image not yet done this round and reveal its picks."""
         cfg = self.cfg
-        data = self.data.target_train
-        H, W = data.labels.shape[-2:]
+        H, W = self.shapes[0]
         picks = picks_per_round(H, W, budget_pct=cfg.budget, rounds=cfg.rounds, region_size=cfg.region_size, unit=cfg.unit)
-        todo = [i for i in range(len(data)) if r not in self.pool.rounds_done(i)]
-        shown = set(range(min(cfg.log_images, len(data))))
-        for start in range(0, len(todo), cfg.eval_batch_size):
-            batch = todo[start : start + cfg.eval_batch_size]
-            probs, emb, c = self.trainer.predict(data.images[batch])
-            for j, i in enumerate(batch):
-                gen = torch.Generator(device=probs.device).manual_seed(_image_seed(cfg.seed, r, i))
-                score = score_map(
-                    cfg.strategy, probs[j], emb[j] if cfg.strategy in HYPERBOLIC_STRATEGIES else None,
-                    curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
-                    region_size=cfg.region_size, boundary_window=cfg.boundary_window,
-                    reference=cfg.reference, generator=gen, unit=cfg.unit,
-                ).cpu()
+        todo = [i for i in range(len(self.shapes)) if r not in self.pool.rounds_done(i)]
+        shown = set(range(min(cfg.log_images, len(self.shapes))))
+        chunk = max(cfg.eval_batch_size, 1) * 4
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            for i, score in zip(batch, self.learner.score(r, batch), strict=True):
                 active = torch.from_numpy(self.pool.suppressed(i, cfg.suppression_size))
                 centres = select_centres(score, picks=picks, suppression=cfg.suppression_size, active=active)
                 self.pool.reveal(r, i, centres.numpy(), region_size=cfg.region_size, unit=cfg.unit)
                 if i in shown:
-                    self._log_selection_images(r, i, score, emb[j], c)
+                    self._log_selection_images(r, i, score)
 
-    def _log_selection_images(self, r: int, i: int, score: torch.Tensor, emb: torch.Tensor, c: float | None) -> None:
+    def _log_selection_images(self, r: int, i: int, score: torch.Tensor) -> None:
         writer = self._writer_at(None)
         if writer is None:
             return
-        data = self.data.target_train
-        image = data.images[i].permute(2, 0, 1).float() / 255.0  # [3, H, W]
+        visuals = self.learner.visuals(i)
+        image = visuals["image"]  # [3, H, W]
         mask = torch.from_numpy(self.pool.round_map(i))  # [H, W] round of labelling
         overlay = image.clone()
-        overlay[0][mask == r] = 1.0
-        overlay[1][mask == r] = 0.0
-        overlay[2][mask == r] = 0.0
-        overlay[1][(mask > 0) & (mask < r)] = 1.0
-        tag = f"selection/{data.names[i]}"
+        now, before = mask == r, (mask > 0) & (mask < r)
+        overlay[0][now], overlay[1][now], overlay[2][now] = 1.0, 0.0, 0.0
+        overlay[1][before] = 1.0
+        tag = f"selection/{self.names[i]}"
         writer.add_image(f"{tag}/labelled", overlay, self.step)
         writer.add_image(f"{tag}/score", _unit_range(score).unsqueeze(0), self.step)
-        if c is not None:
-            radius = radius_map(emb.unsqueeze(0).cpu(), c=c)[0]
-            writer.add_image(f"{tag}/radius", _unit_range(radius).unsqueeze(0), self.step)
+        if "radius" in visuals:
+            writer.add_image(f"{tag}/radius", _unit_range(visuals["radius"]).unsqueeze(0), self.step)
 
     # -- bookkeeping -----------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue after this round, as tensors and plain values."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "round": self.round,
+            "step": self.step,
+            "learner": self.learner.state_dict(),
+            "pool": self.pool.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "wall_s": self.wall_s,
+        }
+
     def _finish_round(self, ev: Evaluation, t0: float) -> None:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""
         self.wall_s += time.perf_counter() - t0
-        row = self._row(ev)
+        self.last_row = row = self._row(ev)
         write_round_row(self.results_dir, row)
         writer = self._writer_at(None)
         if writer is not None:
@@ -361,26 +334,14 @@ class ActiveLearningRun:
             writer.flush()
         self.log(
             f"round {self.round}/{self.cfg.rounds} done: mIoU {ev.miou:.2f} | pixel acc {ev.pixel_acc:.2f} | "
-            f"labelled {self.pool.labelled_pct:.3f}% | wall {self.wall_s:.1f}s"
+            f"labelled {row['labelled_pct']:.3f}% | wall {self.wall_s:.1f}s"
         )
-        save_checkpoint(
-            checkpoint_path(self.out_dir, self.round),
-            {
-                "format": CHECKPOINT_FORMAT,
-                "config": self.cfg.to_dict(),
-                "round": self.round,
-                "step": self.step,
-                "trainer": self.trainer.state_dict(),
-                "pool": self.pool.state_dict(),
-                "generator": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "wall_s": self.wall_s,
-            },
-        )
+        save_checkpoint(checkpoint_path(self.out_dir, self.round), self.checkpoint_state())
 
     def _row(self, ev: Evaluation) -> dict:
         cfg = self.cfg
-        learned = self.trainer.curvature
+        learned = self.learner.curvature()
+        summary = self.pool.summary()
         row = {
             "search": self.search,
             "trial_id": self.trial_id,
@@ -394,9 +355,9 @@ class ActiveLearningRun:
             "rounds": cfg.rounds,
             "round": self.round,
             "step": self.step,
-            "labelled_pct": self.pool.labelled_pct,
-            "labelled_pixels": int(self.pool.labelled_pixels),
-            "void_pixels": int(self.pool.void_pixels),
+            "labelled_pct": float(summary["labelled_pct"]),
+            "labelled_pixels": int(summary["labelled_pixels"]),
+            "void_pixels": int(summary["void_pixels"]),
             "curvature": cfg.curvature,
             "curvature_learned": float(learned) if learned is not None else None,
             "bins": cfg.bins,
@@ -432,12 +393,7 @@ def _unit_range(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
 
 
-def _image_seed(seed: int, round_index: int, image_index: int) -> int:
-    """Independent stream per (seed, round, image): a repeated round draws the same picks."""
-    return (seed * 1_000_003 + round_index * 10_007 + image_index) % (2**63 - 1)
-
-
-def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path) -> None:
+def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path | str) -> None:
     """A resumed run must continue the same config; name every key that differs."""
     current = cfg.to_dict()
     differ = sorted(k for k in set(current) | set(saved) if current.get(k) != saved.get(k))
@@ -465,7 +421,6 @@ __all__ = [
     "config_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
-    "prepare_data",
     "run_experiment",
     "save_checkpoint",
 ]

@@ -7,7 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from halo_ray.results import IOU_COLUMNS, RADIUS_COLUMNS, RESULT_COLUMNS, read_results, write_round_row
+from halo_ray.results import (
+    IOU_COLUMNS,
+    RADIUS_COLUMNS,
+    RESULT_COLUMNS,
+    read_results,
+    write_round_row,
+)
 
 
 def _row(trial: str, round_index: int, miou: float, radius=None) -> dict:

@@ -127,8 +127,8 @@ def test_killed_run_resumes_bit_identical(tiny_config_values, tmp_path):
             assert torch.equal(va, vb), key
         else:
             assert va == vb, key
-    for name, tensor in a["trainer"]["model"].items():
-        assert torch.equal(tensor, b["trainer"]["model"][name]), name
+    for name, tensor in a["learner"]["trainer"]["model"].items():
+        assert torch.equal(tensor, b["learner"]["trainer"]["model"][name]), name
     ra = pd.read_parquet(full / "results").sort_values("round").drop(columns=["wall_s"])
     rb = pd.read_parquet(killed / "results").sort_values("round").drop(columns=["wall_s"])
     assert list(rb["round"]) == [0, 1, 2, 3, 4]  # exactly one row per round
