@@ -27,7 +27,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from halo_ray.data import DatasetError
     from halo_ray.data.labels import LabelError
 
-    return (ConfigError, DatasetError, LabelError)
+    return (ConfigError, DatasetError, LabelError, UsageError)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -41,6 +41,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"done: {len(frame)} rounds (0–{int(last['round'])}) | final mIoU {last['miou']:.2f} | "
         f"labelled {last['labelled_pct']:.3f}% | results {out / 'results'} | tensorboard {out / 'tensorboard'}"
+    )
+    return EXIT_OK
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot work (an unreachable ``--address``, a negative count)."""
+
+
+def _connect_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (or start a local Ray); a bad address is bad input."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and address != "auto" and "://" not in address:
+        _check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        else:
+            ray.init(include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise UsageError(
+            f"--address {address}: no Ray cluster could be reached ({type(err).__name__}: {err}); "
+            "start one with `ray start --head` or `ray up cluster.yaml`, or leave --address out "
+            "to run on a local Ray"
+        ) from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected host:port, 'auto' or a ray:// URI")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"--address {address}: no Ray cluster answers there ({err}); start one with "
+            "`ray start --head` or `ray up cluster.yaml`, or leave --address out to run on a local Ray"
+        ) from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from halo_ray.distributed.space import load_search_space
+
+    space = load_search_space(args.space)
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UsageError(
+            f"--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, but got "
+            f"{args.cpus_per_trial} and {args.gpus_per_trial}"
+        )
+    _connect_ray(args.address)
+    from halo_ray.distributed.actors import TrialResources
+    from halo_ray.distributed.search import run_search
+    from halo_ray.results import read_results
+
+    resources = TrialResources.per_trial(args.cpus_per_trial, args.gpus_per_trial)
+    results = run_search(space, args.storage, resume=args.resume, resources=resources)
+    frame = read_results(results)
+    final = frame[frame["round"] == frame["round"].max()]
+    best = final.sort_values(space.metric, ascending=space.mode == "min").iloc[0]
+    print(
+        f"done: {frame['trial_id'].nunique()} trials, {len(frame)} rows | best final {space.metric} "
+        f"{best[space.metric]:.2f} ({best['strategy']}, trial {best['trial_id']}) | results {results}"
     )
     return EXIT_OK
 
@@ -70,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last round")
     run.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard event files")
     run.set_defaults(func=cmd_run)
+
+    search = sub.add_parser("search", help="run a Ray Tune search whose trials are whole active-learning runs")
+    search.add_argument("space", help="search space YAML (e.g. search_spaces/quickstart.yaml)")
+    search.add_argument("--storage", default="runs", help="folder (shared on a cluster) for runs/<search>/ (default: runs)")
+    search.add_argument("--address", default=None, help="Ray cluster address, e.g. auto (default: start a local Ray)")
+    search.add_argument("--resume", action="store_true", help="continue an interrupted search in --storage")
+    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs one trial reserves (default 1)")
+    search.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs for each trial's learner (default 0; 1 on GPU workers)"
+    )
+    search.set_defaults(func=cmd_search)
 
     data = sub.add_parser("data", help="datasets: generate the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -18,20 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-STRATEGIES = (
-    "random",
-    "entropy",
-    "sconf",
-    "margin",
-    "ripu",
-    "halo",
-    "halo_radius",
-    "boundaries",
-    "radius",
-    "radius_inv",
-)
-#: Strategies that read the hyperbolic radius and so need ``geometry: hyperbolic``.
-HYPERBOLIC_STRATEGIES = ("halo", "halo_radius", "boundaries", "radius", "radius_inv")
+from halo_ray.acquisition import HYPERBOLIC_STRATEGIES, STRATEGIES
 
 
 class ConfigError(ValueError):

@@ -20,13 +20,13 @@ from halo_ray.config import HYPERBOLIC_STRATEGIES, ExperimentConfig
 from halo_ray.data import SegmentationDataset, generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.hyperbolic import radius_map
-from halo_ray.training import Evaluation, TensorSet, Trainer, resolve_device
+from halo_ray.training import Evaluation, ProgressFn, TensorSet, Trainer, resolve_device
 
 LogFn = Callable[[str], None]
-ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, lr)
 
 
-def _stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
+    """Default progress sink: one flushed line on stderr."""
     print(message, file=sys.stderr, flush=True)
 
 
@@ -34,7 +34,7 @@ def _stderr(message: str) -> None:
 # data
 
 
-def ensure_data(cfg: ExperimentConfig, log: LogFn = _stderr) -> None:
+def ensure_data(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
     """Write the embedded benchmark into ``data_root`` when asked to and it is missing."""
     root = Path(cfg.data_root)
     if cfg.generate_data and not root.exists() and cfg.source_root is None and cfg.target_root is None:
@@ -61,7 +61,7 @@ class RunData:
     target_val: TensorSet
 
 
-def prepare_data(cfg: ExperimentConfig, log: LogFn = _stderr) -> RunData:
+def prepare_data(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> RunData:
     """Generate the embedded benchmark if asked and missing, then decode the three sets."""
     ensure_data(cfg, log)
     return RunData(*(TensorSet.from_dataset(open_split(cfg, which)) for which in ("source", "train", "val")))
@@ -79,7 +79,7 @@ def image_seed(seed: int, round_index: int, image_index: int) -> int:
 class Learner:
     """Trains, scores and evaluates for one run; holds everything that must be checkpointed."""
 
-    def __init__(self, cfg: ExperimentConfig, data: RunData | None = None, log: LogFn = _stderr):
+    def __init__(self, cfg: ExperimentConfig, data: RunData | None = None, log: LogFn = log_to_stderr):
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.cfg = cfg
@@ -170,4 +170,6 @@ class Learner:
         return out
 
 
-__all__ = ["Learner", "RunData", "ensure_data", "image_seed", "open_split", "prepare_data"]
+__all__ = [
+    "Learner", "LogFn", "RunData", "ensure_data", "image_seed", "log_to_stderr", "open_split", "prepare_data",
+]

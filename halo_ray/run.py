@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch
 import halo_ray
 from halo_ray.acquisition import picks_per_round, select_centres
 from halo_ray.config import ConfigError, ExperimentConfig, build_config
-from halo_ray.learner import Learner, ensure_data, open_split
+from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.results import (
     IOU_COLUMNS,
@@ -39,13 +37,6 @@ from halo_ray.results import (
 from halo_ray.training import Evaluation
 
 CHECKPOINT_FORMAT = 1
-LogFn = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------------
 # checkpoints
 
@@ -149,10 +140,12 @@ class ActiveLearningRun:
         *,
         search: str = "local",
         trial_id: str | None = None,
-        log: LogFn = _stderr,
+        log: LogFn = log_to_stderr,
         tensorboard: bool = True,
         learner: Learner | None = None,
         pool: LabelPool | None = None,
+        results_dir: Path | None = None,
+        tensorboard_dir: Path | None = None,
     ):
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -160,6 +153,8 @@ class ActiveLearningRun:
         self.trial_id = trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}"
         self.log = log
         self.tensorboard = tensorboard
+        self.results_dir = Path(results_dir) if results_dir else self.out_dir / "results"
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else self.out_dir / "tensorboard"
         ensure_data(cfg, log)
         self.learner = learner if learner is not None else Learner(cfg, log=log)
         self.shapes = self.learner.target_shapes()
@@ -172,18 +167,14 @@ class ActiveLearningRun:
         self._writer = None
         self.last_row: dict | None = None  # the latest round's result row
 
-    # -- paths ---------------------------------------------------------------------
-    @property
-    def results_dir(self) -> Path:
-        return self.out_dir / "results"
-
+    # -- tensorboard ---------------------------------------------------------------
     def _writer_at(self, purge_step: int | None):
         if not self.tensorboard:
             return None
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.out_dir / "tensorboard" / self.trial_id), purge_step=purge_step)
+            self._writer = SummaryWriter(str(self.tensorboard_dir / self.trial_id), purge_step=purge_step)
         return self._writer
 
     # -- lifecycle -----------------------------------------------------------------
@@ -284,7 +275,7 @@ class ActiveLearningRun:
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
             for i, score in zip(batch, self.learner.score(r, batch), strict=True):
-                active = torch.from_numpy(self.pool.suppressed(i, cfg.suppression_size))
+                active = torch.tensor(self.pool.suppressed(i, cfg.suppression_size))  # a copy: actor results are read-only
                 centres = select_centres(score, picks=picks, suppression=cfg.suppression_size, active=active)
                 self.pool.reveal(r, i, centres.numpy(), region_size=cfg.region_size, unit=cfg.unit)
                 if i in shown:
@@ -296,7 +287,7 @@ class ActiveLearningRun:
             return
         visuals = self.learner.visuals(i)
         image = visuals["image"]  # [3, H, W]
-        mask = torch.from_numpy(self.pool.round_map(i))  # [H, W] round of labelling
+        mask = torch.tensor(self.pool.round_map(i))  # [H, W] round of labelling (a copy)
         overlay = image.clone()
         now, before = mask == r, (mask > 0) & (mask < r)
         overlay[0][now], overlay[1][now], overlay[2][now] = 1.0, 0.0, 0.0
@@ -403,7 +394,7 @@ def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path | str) -> 
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, log: LogFn = _stderr,
+    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, log: LogFn = log_to_stderr,
     tensorboard: bool = True,
 ) -> pd.DataFrame:
     """Run one experiment to the end (or finish it with ``resume``); returns its rows."""

@@ -51,7 +51,13 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pyarrow as pa
 
-from halo_ray.config import ConfigError, ExperimentConfig, build_config, config_keys, read_yaml_mapping
+from halo_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    config_keys,
+    read_yaml_mapping,
+)
 from halo_ray.results import RESULT_COLUMNS, RESULT_SCHEMA
 
 SEARCHERS = ("grid", "random", "optuna")
@@ -204,10 +210,11 @@ class SearchSpace:
     def grid_points(self) -> list[dict[str, Any]]:
         """Cartesian product of the grid axes; the first axis varies slowest.
 
-        A space without grid axes has one, empty, point.
+        A space without grid axes has one, empty, point. Tune expands ``param_space()`` into
+        the same set of points in its own order, so match trials by config, not position.
         """
         axes = self.grid_axes()
-        return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+        return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
     def total_trials(self) -> int:
         """Trials the search makes: grid points × ``num_samples`` (for every searcher)."""
@@ -480,11 +487,11 @@ def _combinations(specs: Sequence[ParamSpec], cands: Mapping[str, list[Any]]) ->
     lists = [cands[k] for k in keys]
     if math.prod(len(v) for v in lists) <= MAX_CHECKED_COMBINATIONS:
         for combo in itertools.product(*lists):
-            yield dict(zip(keys, combo))
+            yield dict(zip(keys, combo, strict=True))
         return
     rng = random.Random(0)
     for _ in range(MAX_CHECKED_COMBINATIONS):
-        yield {k: rng.choice(v) for k, v in zip(keys, lists)}
+        yield {k: rng.choice(v) for k, v in zip(keys, lists, strict=True)}
 
 
 def _check_values(

@@ -1,0 +1,234 @@
+"""Ray Tune searches whose trials are whole multi-round active-learning runs.
+
+Layout of a search under ``<storage>/<name>/``:
+
+| path | what |
+|---|---|
+| ``results/`` | one Parquet file per (trial, round), one fixed schema: ``pd.read_parquet`` it |
+| ``tensorboard/<trial_id>/`` | per-trial scalars and selection images |
+| ``trials/<trial_id>/`` | the run's own checkpoints and config |
+| ``source_cache/`` | source pre-trained models shared by trials with one source config |
+| ``search.json`` | the validated search space |
+| ``tune/`` | Tune's experiment state and per-trial Tune checkpoints (``tune-point<i>/`` per Optuna grid point) |
+
+A trial reports one result per round with a checkpoint; a restarted trial continues from
+``tune.get_checkpoint()``. Rounds are idempotent (the pool never spends twice for one
+(round, image); a round's row file is replaced), so a round repeated after a crash or a
+driver restart leaves exactly one row per (trial, round).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from halo_ray.distributed.actors import TrialResources, start_trial_actors
+from halo_ray.distributed.space import SearchSpace, SearchSpaceError
+from halo_ray.learner import ensure_data
+from halo_ray.results import atomic_write_bytes
+from halo_ray.run import ActiveLearningRun, load_checkpoint, save_checkpoint
+
+STATE_FILE = "state.pt"
+
+
+def _absolute(cfg_values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Paths made absolute against the launching directory: trials run elsewhere (RAY_NOTES)."""
+    out = dict(cfg_values)
+    for key in keys:
+        if out.get(key):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    return out
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """Where a search writes; ``root`` must be shared storage on a multi-node cluster."""
+
+    root: Path
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def source_cache(self) -> Path:
+        return self.root / "source_cache"
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one whole active-learning run, one report per round."""
+    from halo_ray.config import build_config
+
+    meta = config["halo_ray"]
+    params = {k: v for k, v in config.items() if k != "halo_ray"}
+    values = {**meta["base"], **{k: _plain(v) for k, v in params.items()}}
+    paths = SearchPaths(Path(meta["root"]))
+    values["source_cache"] = str(paths.source_cache)
+    cfg = build_config(values, origin=f"search {meta['name']}")
+    trial_id = tune.get_context().get_trial_id()
+    learner, pool = start_trial_actors(cfg, TrialResources(**meta["resources"]))
+
+    def log(message: str) -> None:
+        print(f"[{trial_id}] {message}", file=sys.stderr, flush=True)
+
+    run = ActiveLearningRun(
+        cfg, paths.trials / trial_id, search=meta["name"], trial_id=trial_id, log=log,
+        learner=learner, pool=pool, results_dir=paths.results, tensorboard_dir=paths.tensorboard,
+    )
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run.restore(load_checkpoint(Path(folder) / STATE_FILE), f"Tune checkpoint of {trial_id}")
+    else:
+        run.start_or_resume(resume=True)
+        _report(run)
+    while run.round < cfg.rounds:
+        run.run_round(run.round + 1)
+        _report(run)
+    run.close()
+
+
+def _report(run: ActiveLearningRun) -> None:
+    """Report the latest round's row with a checkpoint of the whole run state."""
+    row = run.last_row
+    metrics = {k: v for k, v in row.items() if k != "config_json" and v is not None}
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / STATE_FILE, run.checkpoint_state())
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars from Tune's samplers → Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+class ProgressView(tune.Callback):
+    """One line per reported round: trials running/done, best metric so far, ETA."""
+
+    def __init__(self, total_trials: int, rounds: int, metric: str, mode: str):
+        self.total_trials, self.rounds, self.metric, self.mode = total_trials, rounds, metric, mode
+        self.t0 = time.perf_counter()
+        self.rounds_done: dict[str, int] = {}
+        self.finished: set[str] = set()
+        self.best: float | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D401 - Tune hook
+        self.rounds_done[trial.trial_id] = int(result.get("round", 0))
+        value = result.get(self.metric)
+        if value is not None and int(result.get("round", 0)) > 0:
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            self.best = value if better else self.best
+        self._print(trials, trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished.add(trial.trial_id)
+
+    def _print(self, trials, trial, result) -> None:
+        done_rounds = sum(self.rounds_done.values())
+        total_rounds = self.total_trials * self.rounds
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done_rounds * (total_rounds - done_rounds) if done_rounds else float("nan")
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        best = f"{self.best:.2f}" if self.best is not None else "-"
+        print(
+            f"search | trials running {running}, done {len(self.finished)}/{self.total_trials} | "
+            f"{trial.trial_id} round {result.get('round')}/{self.rounds} {self.metric} "
+            f"{result.get(self.metric, float('nan')):.2f} | best {self.metric} {best} | "
+            f"elapsed {_fmt(elapsed)} | ETA {_fmt(eta)}",
+            flush=True,
+        )
+
+
+def _fmt(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, name: str, param_space: dict, search_alg=None):
+    from ray.tune.schedulers import ASHAScheduler
+
+    base = _absolute(space.base_config().to_dict(), ("data_root", "source_root", "target_root"))
+    meta = {"name": space.name, "root": str(paths.root), "base": base, "resources": resources.__dict__}
+    scheduler = None
+    if space.scheduler is not None:
+        scheduler = ASHAScheduler(
+            time_attr="round", max_t=space.base_config().rounds,
+            grace_period=space.scheduler.grace_period, reduction_factor=space.scheduler.reduction_factor,
+        )
+    trainable = tune.with_resources(run_trial, resources.placement_group_factory())
+    return tune.Tuner(
+        trainable,
+        param_space={**param_space, "halo_ray": meta},
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, num_samples=space.num_samples, search_alg=search_alg,
+            scheduler=scheduler, max_concurrent_trials=space.max_concurrent_trials, reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(paths.root),
+            failure_config=tune.FailureConfig(max_failures=space.max_failures),
+            callbacks=[ProgressView(space.total_trials(), space.base_config().rounds, space.metric, space.mode)],
+            verbose=0,
+        ),
+    )
+
+
+def run_search(
+    space: SearchSpace, storage: str | Path, *, resume: bool = False, resources: TrialResources | None = None
+) -> Path:
+    """Run (or with ``resume`` continue) a search; returns its results folder."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if "://" in str(storage):
+        raise SearchSpaceError(
+            f"--storage {storage}: trials write their rows and checkpoints to a filesystem path "
+            "shared by all nodes (e.g. an NFS/EFS mount); cloud URIs are not supported yet"
+        )
+    resources = resources or TrialResources()
+    paths = SearchPaths(Path(storage).expanduser().resolve() / space.name)
+    ensure_data(space.base_config().replace(data_root=str(Path(space.base_config().data_root).resolve())))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths.root / "search.json", lambda tmp: tmp.write_text(json.dumps(space.to_dict(), indent=2)))
+    if space.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        runs = [
+            (f"tune-point{i}", {**point, **space.optuna_space()}, OptunaSearch(metric=space.metric, mode=space.mode))
+            for i, point in enumerate(space.grid_points())
+        ]
+    else:
+        runs = [("tune", space.param_space(), None)]
+    for name, param_space, search_alg in runs:
+        tune_dir = paths.root / name
+        if resume and tune.Tuner.can_restore(str(tune_dir)):
+            tuner = tune.Tuner.restore(
+                str(tune_dir), trainable=tune.with_resources(run_trial, resources.placement_group_factory()),
+                resume_errored=True,
+            )
+        else:
+            tuner = _tuner(space, paths, resources, name, param_space, search_alg)
+        grid = tuner.fit()
+        errors = [r.error for r in grid if r.error is not None]
+        if errors:
+            raise RuntimeError(f"{len(errors)} trial(s) of {name} failed; first error: {errors[0]}")
+    return paths.results
+
+
+__all__ = ["ProgressView", "SearchPaths", "run_search", "run_trial"]
+
