@@ -114,6 +114,14 @@ def write_round_row(results_dir: Path, row: Mapping[str, Any]) -> Path:
     return path
 
 
+def read_round_row(results_dir: Path, trial_id: str, round_index: int) -> dict[str, Any]:
+    """The row one (trial, round) wrote. A checkpoint is saved after its row, so it exists."""
+    path = round_file(results_dir, trial_id, round_index)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the result row of {trial_id} round {round_index} is missing")
+    return pq.read_table(path, schema=RESULT_SCHEMA).to_pylist()[0]
+
+
 def read_results(results_dir: str | Path) -> pd.DataFrame:
     """All rows under a results folder as one DataFrame, sorted by trial and round."""
     results_dir = Path(results_dir)
@@ -132,6 +140,7 @@ __all__ = [
     "class_column",
     "radius_column",
     "read_results",
+    "read_round_row",
     "round_file",
     "row_table",
     "write_round_row",

@@ -32,6 +32,7 @@ from halo_ray.results import (
     RADIUS_COLUMNS,
     atomic_write_bytes,
     read_results,
+    read_round_row,
     write_round_row,
 )
 from halo_ray.training import Evaluation
@@ -213,6 +214,7 @@ class ActiveLearningRun:
         self.round = int(state["round"])
         self.step = int(state["step"])
         self.wall_s = float(state["wall_s"])
+        self.last_row = read_round_row(self.results_dir, self.trial_id, self.round)
         self._writer_at(purge_step=self.step + 1)
         self.log(f"resumed from {origin} (round {self.round}, step {self.step})")
 

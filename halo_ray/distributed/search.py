@@ -202,9 +202,6 @@ def run_search(
         )
     resources = resources or TrialResources()
     paths = SearchPaths(Path(storage).expanduser().resolve() / space.name)
-    ensure_data(space.base_config().replace(data_root=str(Path(space.base_config().data_root).resolve())))
-    paths.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(paths.root / "search.json", lambda tmp: tmp.write_text(json.dumps(space.to_dict(), indent=2)))
     if space.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -214,6 +211,19 @@ def run_search(
         ]
     else:
         runs = [("tune", space.param_space(), None)]
+    if not resume and any(paths.results.glob("*.parquet")):
+        raise SearchSpaceError(
+            f"{paths.root} already holds results of a search named {space.name!r}; pass --resume to "
+            "continue it, or choose another --storage or name"
+        )
+    if resume and not any(tune.Tuner.can_restore(str(paths.root / name)) for name, _, _ in runs):
+        raise SearchSpaceError(
+            f"--resume: {paths.root} holds no Tune experiment state of {space.name!r} to continue; "
+            "run without --resume to start the search"
+        )
+    ensure_data(space.base_config().replace(data_root=str(Path(space.base_config().data_root).resolve())))
+    paths.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths.root / "search.json", lambda tmp: tmp.write_text(json.dumps(space.to_dict(), indent=2)))
     for name, param_space, search_alg in runs:
         tune_dir = paths.root / name
         if resume and tune.Tuner.can_restore(str(tune_dir)):
