@@ -1,4 +1,4 @@
-"""One multi-round active-learning run (DESIGN §3) with plain objects — no Ray.
+"""One multi-round active-learning run (DESIGN §3). This module knows nothing of Ray.
 
     source pre-train (cached) → round 0 eval
     for r in 1..R: score → select within budget → reveal → train → eval → row + checkpoint
@@ -38,6 +38,8 @@ from halo_ray.results import (
 from halo_ray.training import Evaluation
 
 CHECKPOINT_FORMAT = 1
+
+
 # ----------------------------------------------------------------------------------
 # checkpoints
 
@@ -113,11 +115,14 @@ class ProgressLine:
         eta = elapsed / done * max(self.total - step, 0)
         self.log(
             f"{self.phase} | step {step}/{self.total} | loss {loss:.4f} | lr {lr:.5f} | "
-            f"elapsed {_fmt(elapsed)} | ETA {_fmt(eta)}"
+            f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}"
         )
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``125.4`` → ``2m05s``; ``?`` when unknown (NaN)."""
+    if seconds != seconds:
+        return "?"
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 

@@ -19,6 +19,7 @@ driver restart leaves exactly one row per (trial, round).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import SearchSpace, SearchSpaceError
 from halo_ray.learner import ensure_data
 from halo_ray.results import atomic_write_bytes
-from halo_ray.run import ActiveLearningRun, load_checkpoint, save_checkpoint
+from halo_ray.run import ActiveLearningRun, format_duration, load_checkpoint, save_checkpoint
 
 STATE_FILE = "state.pt"
 
@@ -150,23 +151,16 @@ class ProgressView(tune.Callback):
             f"search | trials running {running}, done {len(self.finished)}/{self.total_trials} | "
             f"{trial.trial_id} round {result.get('round')}/{self.rounds} {self.metric} "
             f"{result.get(self.metric, float('nan')):.2f} | best {self.metric} {best} | "
-            f"elapsed {_fmt(elapsed)} | ETA {_fmt(eta)}",
+            f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}",
             flush=True,
         )
-
-
-def _fmt(seconds: float) -> str:
-    if seconds != seconds:  # NaN
-        return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, name: str, param_space: dict, search_alg=None):
     from ray.tune.schedulers import ASHAScheduler
 
     base = _absolute(space.base_config().to_dict(), ("data_root", "source_root", "target_root"))
-    meta = {"name": space.name, "root": str(paths.root), "base": base, "resources": resources.__dict__}
+    meta = {"name": space.name, "root": str(paths.root), "base": base, "resources": dataclasses.asdict(resources)}
     scheduler = None
     if space.scheduler is not None:
         scheduler = ASHAScheduler(
