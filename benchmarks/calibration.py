@@ -23,19 +23,11 @@ import numpy as np
 import torch
 
 from halo_ray.config import build_config
-from halo_ray.data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
+from halo_ray.data import CITYSCAPES_CLASSES, class_frequencies
 from halo_ray.learner import prepare_data
 from halo_ray.training import TensorSet, Trainer
 
 warnings.filterwarnings("ignore")
-
-
-def frequencies(data: TensorSet) -> np.ndarray:
-    """Share of labelled pixels per train id, in percent."""
-    labels = data.labels.flatten()
-    labels = labels[labels != IGNORE_INDEX].long()
-    counts = torch.bincount(labels, minlength=len(CITYSCAPES_CLASSES)).double()
-    return (100.0 * counts / counts.sum()).numpy()
 
 
 def train_and_eval(cfg, train_sets: list[TensorSet], val: TensorSet, steps: int) -> float:
@@ -83,7 +75,7 @@ def main() -> None:
     gap = np.mean(rows["target-supervised"]) - np.mean(rows["source-only"])
     print(f"  gap target-supervised − source-only: {gap:.1f} points (target ≥ 20)")
 
-    src, tgt = frequencies(data.source), frequencies(data.target_train)
+    src, tgt = (100.0 * class_frequencies(d.labels.numpy()) for d in (data.source, data.target_train))
     print("\nclass frequencies (% of labelled pixels):")
     print(f"  {'class':15s} {'source':>7s} {'target':>7s}")
     for name, s, t in zip(CITYSCAPES_CLASSES, src, tgt, strict=True):

@@ -24,7 +24,7 @@ import torch
 
 import halo_ray
 from halo_ray.acquisition import picks_per_round, select_centres
-from halo_ray.config import ConfigError, ExperimentConfig, build_config
+from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.results import (
@@ -409,14 +409,8 @@ def run_experiment(
     return run.execute(resume=resume)
 
 
-def config_from_checkpoint(path: str | Path) -> ExperimentConfig:
-    """The config a checkpoint was written with (for inspection and resume)."""
-    return build_config(load_checkpoint(Path(path))["config"], origin=str(path))
-
-
 __all__ = [
     "ActiveLearningRun",
-    "config_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "run_experiment",

@@ -483,7 +483,7 @@ def test_cuda_scores_match_cpu():
             continue
         for reference in (False, True):
             cpu = score_map(strategy, probs, emb, reference=reference)
-            gpu = score_map(strategy, probs.cuda(), emb.cuda(), reference=reference)
+            gpu = score_map(strategy, probs.to("cuda"), emb.to("cuda"), reference=reference)
             assert gpu.device.type == "cuda"
             assert torch.allclose(gpu.cpu(), cpu, atol=1e-5), (strategy, reference)
 
@@ -491,7 +491,7 @@ def test_cuda_scores_match_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_reference_setting_reproduces_reference_on_cuda():
     probs, emb = _smooth_inputs(48, 64, seed=0)
-    probs, emb = probs.cuda(), emb.cuda()
+    probs, emb = probs.to("cuda"), emb.to("cuda")
     for strategy, purity, suppression in _REFERENCE_CASES:
         expected = reference_score(probs, emb, purity)
         score = score_map(strategy, probs, emb, reference=True)

@@ -301,6 +301,6 @@ def test_cuda_selection_matches_cpu():
     score[score < 0.3] = 0.3  # ties
     active = torch.rand((120, 160), generator=gen) < 0.2
     cpu = select(score, picks=50, region_size=3, suppression=5, active=active)
-    gpu = select(score.cuda(), picks=50, region_size=3, suppression=5, active=active.cuda())
+    gpu = select(score.to("cuda"), picks=50, region_size=3, suppression=5, active=active.to("cuda"))
     assert gpu[0].device.type == "cuda"
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])

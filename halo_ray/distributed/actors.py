@@ -65,10 +65,6 @@ class ActorProxy:
         call.__name__ = name
         return call
 
-    @property
-    def handle(self) -> Any:
-        return self._handle
-
 
 def _pinned(bundle: int) -> PlacementGroupSchedulingStrategy:
     """Schedule on ``bundle`` of the calling trial's placement group."""
