@@ -47,7 +47,7 @@ class ExperimentConfig:
     target_size: tuple[int, ...] | None = None  # [W, H] network input for target images; null = native (papers: 1280x640)
 
     # --- model ------------------------------------------------------------------
-    backbone: str = "tiny"  # one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0, mit_b2
+    backbone: str = "tiny"  # one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0..mit_b5
     pretrained: str | None = None  # local file of ImageNet weights for the backbone's encoder (never downloaded)
     freeze_bn: bool = False  # keep every BatchNorm at its (pretrained) statistics, affine parameters frozen
     geometry: Literal["hyperbolic", "euclidean"] = "hyperbolic"  # head type

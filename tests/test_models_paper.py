@@ -240,7 +240,7 @@ def test_resnet101_factory_builds_the_paper_net():
         (lambda: ResNet(layers=(3, 4, 23)), r"layers must be 4 integers >= 1"),
         (lambda: DeepLabV2(width=4, layers=(1, 1, 1, 1), rates=()), r"ASPP rates"),
         (lambda: DeepLabV3Plus(encoder_output_stride=32), r"encoder_output_stride must be one of"),
-        (lambda: SegFormer("b9"), r"unknown size='b9'; known sizes: b0, b2"),
+        (lambda: SegFormer("b9"), r"unknown size='b9'; known sizes: b0, b1, b2, b3, b4, b5"),
         (lambda: SegFormer(TINY_MIT, dropout=1.0), r"dropout must be in \[0, 1\)"),
     ],
 )

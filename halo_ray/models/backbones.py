@@ -164,6 +164,13 @@ def _mit_b0() -> FeatureExtractor:
     return mit_b0()
 
 
+def _mit_b1() -> FeatureExtractor:
+    """SegFormer-B1 (MiT-B1 + all-MLP decoder), output stride 4 (lazy import)."""
+    from .mit import mit_b1
+
+    return mit_b1()
+
+
 def _mit_b2() -> FeatureExtractor:
     """SegFormer-B2 (MiT-B2 + all-MLP decoder), output stride 4 (lazy import)."""
     from .mit import mit_b2
@@ -171,19 +178,46 @@ def _mit_b2() -> FeatureExtractor:
     return mit_b2()
 
 
+def _mit_b3() -> FeatureExtractor:
+    """SegFormer-B3 (MiT-B3 + all-MLP decoder), output stride 4 (lazy import)."""
+    from .mit import mit_b3
+
+    return mit_b3()
+
+
+def _mit_b4() -> FeatureExtractor:
+    """SegFormer-B4 (MiT-B4 + all-MLP decoder), output stride 4 (lazy import)."""
+    from .mit import mit_b4
+
+    return mit_b4()
+
+
+def _mit_b5() -> FeatureExtractor:
+    """SegFormer-B5 (MiT-B5 + all-MLP decoder), output stride 4 (lazy import)."""
+    from .mit import mit_b5
+
+    return mit_b5()
+
+
 BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
     "tiny": TinyDeepLab,
     "deeplabv2_r101": _deeplabv2_r101,
     "deeplabv3p_r101": _deeplabv3p_r101,
     "mit_b0": _mit_b0,
+    "mit_b1": _mit_b1,
     "mit_b2": _mit_b2,
+    "mit_b3": _mit_b3,
+    "mit_b4": _mit_b4,
+    "mit_b5": _mit_b5,
 }
 """Backbone name → zero-argument factory. Names are the ``backbone`` config key's values.
 
 ``tiny``: CPU-friendly stand-in (stride 4). Paper scale (issue 5): ``deeplabv2_r101``
-(RIPU / HALO's GTAV→Cityscapes model, stride 8), ``deeplabv3p_r101`` (stride 4),
-``mit_b2`` (SegFormer-B2, stride 4) and ``mit_b0`` (SegFormer-B0, cheap). Their encoders take
-ImageNet weights from a local file via :func:`~halo_ray.models.weights.load_backbone_weights`.
+(RIPU / HALO's GTAV→Cityscapes model, stride 8), ``deeplabv3p_r101`` (stride 4), and the
+SegFormer sizes ``mit_b0`` … ``mit_b5`` (stride 4): ``mit_b4`` is HALO's Cityscapes→ACDC
+model, ``mit_b2`` the common paper size, ``mit_b0`` the cheap one. Their encoders take
+ImageNet weights from a local file via :func:`~halo_ray.models.weights.load_backbone_weights`
+(MiT files in our, the mmseg or the Hugging Face key layout).
 """
 
 

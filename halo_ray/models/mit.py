@@ -21,6 +21,8 @@ Encoder parameter names follow the layout of the public MiT ImageNet checkpoints
 (``patch_embed1.proj.weight``, ``block1.0.attn.q.weight``, ``block1.0.attn.kv.weight``,
 ``block1.0.attn.sr.weight``, ``block1.0.mlp.dwconv.dwconv.weight``, ``norm1.weight`` …;
 their classifier is ``head.*``) so such a file loads by name into ``SegFormer.encoder``.
+Files in the Hugging Face ``transformers`` layout (``encoder.block.0.0.attention.self.query``,
+separate key / value) are converted on load, see :func:`~halo_ray.models.weights.convert_hf_mit`.
 
 The smallest input is 29×29: stage 1's key/value reduction needs ``⌈H/4⌉ >= sr_1 = 8``.
 """
@@ -35,7 +37,18 @@ from torch import Tensor, nn
 
 from .backbones import FeatureExtractor
 
-__all__ = ["MIT_SIZES", "MiTSize", "MixTransformer", "SegFormer", "mit_b0", "mit_b2"]
+__all__ = [
+    "MIT_SIZES",
+    "MiTSize",
+    "MixTransformer",
+    "SegFormer",
+    "mit_b0",
+    "mit_b1",
+    "mit_b2",
+    "mit_b3",
+    "mit_b4",
+    "mit_b5",
+]
 
 
 @dataclass(frozen=True)
@@ -50,11 +63,21 @@ class MiTSize:
     mlp_ratio: int = 4  # Mix-FFN hidden width / C_i
 
 
+_HEADS = (1, 2, 5, 8)  # attention heads per stage, the same for every paper size
+_SR = (8, 4, 2, 1)  # key/value reduction per stage, the same for every paper size
+_WIDE = (64, 128, 320, 512)  # stage channels of MiT-B1..B5 (B0 is narrower)
+
 MIT_SIZES: dict[str, MiTSize] = {
-    "b0": MiTSize((32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8), (8, 4, 2, 1), 256),
-    "b2": MiTSize((64, 128, 320, 512), (3, 4, 6, 3), (1, 2, 5, 8), (8, 4, 2, 1), 768),
+    "b0": MiTSize((32, 64, 160, 256), (2, 2, 2, 2), _HEADS, _SR, 256),
+    "b1": MiTSize(_WIDE, (2, 2, 2, 2), _HEADS, _SR, 256),
+    "b2": MiTSize(_WIDE, (3, 4, 6, 3), _HEADS, _SR, 768),
+    "b3": MiTSize(_WIDE, (3, 4, 18, 3), _HEADS, _SR, 768),
+    "b4": MiTSize(_WIDE, (3, 8, 27, 3), _HEADS, _SR, 768),
+    "b5": MiTSize(_WIDE, (3, 6, 40, 3), _HEADS, _SR, 768),
 }
-"""Paper sizes available by name (``mit_b0`` for cheap tests, ``mit_b2`` the common paper size)."""
+"""The six paper sizes by name (SegFormer paper Table 6; the public NVlabs ``mit_b*`` backbones
+and their ``decoder_params.embed_dim``): ``b0`` for cheap tests, ``b2`` the common paper size,
+``b4`` HALO's Cityscapes → ACDC model. They differ only in the stage-1 width (B0) and depths."""
 
 _PATCH = ((7, 4), (3, 2), (3, 2), (3, 2))  # (kernel, stride) of each stage's patch embedding
 
@@ -280,6 +303,27 @@ def mit_b0() -> SegFormer:
     return SegFormer("b0")
 
 
+def mit_b1() -> SegFormer:
+    """SegFormer-B1: MiT-B1 (dims 64/128/320/512, depths 2/2/2/2) + 256-wide decoder."""
+    return SegFormer("b1")
+
+
 def mit_b2() -> SegFormer:
     """SegFormer-B2: MiT-B2 (dims 64/128/320/512, depths 3/4/6/3) + 768-wide decoder."""
     return SegFormer("b2")
+
+
+def mit_b3() -> SegFormer:
+    """SegFormer-B3: MiT-B3 (dims 64/128/320/512, depths 3/4/18/3) + 768-wide decoder."""
+    return SegFormer("b3")
+
+
+def mit_b4() -> SegFormer:
+    """SegFormer-B4: MiT-B4 (dims 64/128/320/512, depths 3/8/27/3) + 768-wide decoder; the
+    SegFormer of HALO's Cityscapes → ACDC runs."""
+    return SegFormer("b4")
+
+
+def mit_b5() -> SegFormer:
+    """SegFormer-B5: MiT-B5 (dims 64/128/320/512, depths 3/6/40/3) + 768-wide decoder."""
+    return SegFormer("b5")

@@ -10,6 +10,9 @@ pickle (code that would run on load) is refused, never executed.
   ``encoder`` of a segmenter's backbone; the decoder and head keep their initialisation and are
   named in the report; the file's ImageNet classifier (``fc.*`` / ``head.*``) is ignored and
   listed.
+* :func:`convert_hf_mit` renames a MiT encoder state dict from the Hugging Face ``transformers``
+  SegFormer layout to ours (fusing key and value into ``attn.kv``); :func:`mit_key_layout` tells
+  the layouts apart, and :func:`load_backbone_weights` converts HF and mmseg files on its own.
 * :func:`freeze_batchnorm` puts every BatchNorm in eval mode with frozen affine parameters,
   and keeps it so through later ``module.train()`` calls (DeepLab / RIPU's ``FREEZE_BN``).
 """
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +35,14 @@ from .resnet import ResNet
 __all__ = [
     "CLASSIFIER_PREFIXES",
     "LoadReport",
+    "MIT_LAYOUTS",
     "WeightsError",
+    "convert_hf_mit",
     "find_encoder",
     "freeze_batchnorm",
     "load_backbone_weights",
     "load_pretrained",
+    "mit_key_layout",
     "read_state_dict",
 ]
 
@@ -66,17 +73,21 @@ class LoadReport:
     ``loaded``: keys set from the file; ``missing``: keys of the module the file did not cover,
     left as they were (only possible with ``strict=False``, or for the decoder / head in
     :func:`load_backbone_weights`); ``ignored``: file keys dropped on purpose (``ignore_prefixes``,
-    e.g. an ImageNet classifier).
+    e.g. an ImageNet classifier), named as in the file. ``layout``: the key layout the file was
+    read as (a key of :data:`MIT_LAYOUTS`; ``"native"`` for files already in our names).
     """
 
     path: str
     loaded: tuple[str, ...]
     missing: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    layout: str = "native"
 
     def summary(self) -> str:
-        """One line for logs: counts, and the first missing / ignored keys."""
+        """One line for logs: counts, the layout if converted, the first missing / ignored keys."""
         parts = [f"loaded {len(self.loaded)} tensors from '{self.path}'"]
+        if self.layout != "native":
+            parts[0] += f" (read as {MIT_LAYOUTS[self.layout]})"
         if self.missing:
             parts.append(f"{_quote(self.missing)} not in the file (kept as initialised)")
         if self.ignored:
@@ -84,9 +95,17 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def _quote(keys: Sequence[str]) -> str:
-    """``['a', 'b', …] (N keys)``: the first few keys and the count."""
-    shown = ", ".join(repr(k) for k in keys[:_SHOW])
+def _in_file(key: str, file_name: Callable[[str], str | None] | None) -> str:
+    """`` (file: 'name')`` when ``file_name`` gives the file a different name for the module key
+    ``key`` (converted layouts), else ``""``."""
+    name = file_name(key) if file_name is not None else None
+    return "" if name is None or name == key else f" (file: {name!r})"
+
+
+def _quote(keys: Sequence[str], file_name: Callable[[str], str | None] | None = None) -> str:
+    """``['a', 'b', …] (N keys)``: the first few keys (each with its file name where it differs,
+    see :func:`_in_file`) and the count."""
+    shown = ", ".join(repr(k) + _in_file(k, file_name) for k in keys[:_SHOW])
     more = ", …" if len(keys) > _SHOW else ""
     return f"[{shown}{more}] ({len(keys)} key{'s' if len(keys) != 1 else ''})"
 
@@ -195,6 +214,22 @@ def load_pretrained(
     """
     file_path = Path(path)
     state = _remap(read_state_dict(file_path), prefix_map, file_path)
+    return _load_state(module, state, file_path, strict=strict, ignore_prefixes=ignore_prefixes)
+
+
+def _load_state(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    file_path: Path,
+    *,
+    strict: bool,
+    ignore_prefixes: Sequence[str],
+    layout: str = "native",
+    file_name: Callable[[str], str | None] | None = None,
+) -> LoadReport:
+    """Check ``state`` (already in the module's names) against ``module`` and load it, following
+    :func:`load_pretrained`'s rule. ``layout`` / ``file_name`` only shape messages: the layout the
+    file was read as, and each module key's name in the file."""
     drop = tuple(ignore_prefixes)
     ignored = tuple(k for k in state if drop and k.startswith(drop))
     state = {k: v for k, v in state.items() if not (drop and k.startswith(drop))}
@@ -208,12 +243,17 @@ def load_pretrained(
     )
     problems = []
     if strict and missing:
-        problems.append(f"missing keys (in the module, not in the file) {_quote(missing)}")
+        problems.append(
+            f"missing keys (in the module, not in the file) {_quote(missing, file_name)}"
+        )
     if unexpected:
-        problems.append(f"unexpected keys (in the file, not in the module) {_quote(unexpected)}")
+        problems.append(
+            f"unexpected keys (in the file, not in the module) {_quote(unexpected, file_name)}"
+        )
     if mismatched:
         shown = "; ".join(
-            f"{k}: module expects {e}, file has {g}" for k, e, g in mismatched[:_SHOW]
+            f"{k}{_in_file(k, file_name)}: module expects {e}, file has {g}"
+            for k, e, g in mismatched[:_SHOW]
         )
         problems.append(
             f"{len(mismatched)} shape mismatch{'es' if len(mismatched) > 1 else ''}: {shown}"
@@ -221,15 +261,23 @@ def load_pretrained(
     if not problems and len(state) == len(unexpected):
         problems.append("no file key matches the module")
     if problems:
+        read_as = (
+            f" (read as {MIT_LAYOUTS[layout]} and renamed to MiT names; the file's own name "
+            "follows a key where it differs)"
+            if layout != "native"
+            else ""
+        )
         raise WeightsError(
             f"cannot load '{file_path}' into {type(module).__name__}"
-            f"{' (strict)' if strict else ''}: "
+            f"{' (strict)' if strict else ''}{read_as}: "
             + "; ".join(problems)
             + ". If the file's keys carry another prefix, pass prefix_map (e.g. {'backbone.': ''})."
         )
     module.load_state_dict(state, strict=False)
     loaded = tuple(k for k in target if k in state)
-    return LoadReport(path=str(file_path), loaded=loaded, missing=missing, ignored=ignored)
+    return LoadReport(
+        path=str(file_path), loaded=loaded, missing=missing, ignored=ignored, layout=layout
+    )
 
 
 def find_encoder(model: nn.Module) -> tuple[str, nn.Module]:
@@ -256,6 +304,207 @@ def find_encoder(model: nn.Module) -> tuple[str, nn.Module]:
     )
 
 
+# ---------------------------------------------------------------- MiT key layouts
+
+MIT_LAYOUTS: dict[str, str] = {
+    "native": "the NVlabs MiT layout (patch_embed1.*, block1.0.attn.kv.*, norm1.*)",
+    "mmseg": "the NVlabs / mmseg segmentation-checkpoint layout (MiT names under 'backbone.')",
+    "hf": (
+        "the Hugging Face SegFormer layout (encoder.block.0.0.attention.self.query.*, "
+        "separate key / value)"
+    ),
+}
+"""Key layouts of MiT weight files told apart by :func:`mit_key_layout`, each with the phrase that
+:func:`load_backbone_weights`'s reports and errors use for it."""
+
+_LAYOUT_IGNORE: dict[str, tuple[str, ...]] = {
+    "native": (),
+    "mmseg": ("decode_head.", "auxiliary_head."),  # a trained segmenter's heads
+    "hf": ("classifier.", "decode_head."),  # SegformerFor{ImageClassification,SemanticSegm.}
+}
+"""Non-encoder file keys dropped (and listed in ``ignored``) for each layout, besides
+:data:`CLASSIFIER_PREFIXES`."""
+
+MMSEG_PREFIX = "backbone."
+"""Prefix of the encoder keys in NVlabs / mmseg SegFormer checkpoints (stripped for MiT)."""
+
+_HF_PREFIXES = ("segformer.encoder.", "encoder.")  # SegformerFor* models; bare SegformerModel
+_HF_KEY = re.compile(  # any HF encoder key, with or without its prefix
+    r"(segformer\.)?(encoder\.)?(patch_embeddings\.\d+|block\.\d+\.\d+|layer_norm\.\d+)\."
+)
+_MMSEG_KEY = re.compile(r"backbone\.(patch_embed|block|norm)\d")
+_HF_PATCH = re.compile(r"patch_embeddings\.(\d+)\.(proj|layer_norm)\.(\w+)")  # stage, part, param
+_HF_NORM = re.compile(r"layer_norm\.(\d+)\.(\w+)")  # stage, param
+_HF_BLOCK = re.compile(r"block\.(\d+)\.(\d+)\.(.+)\.(\w+)")  # stage, block, part, param
+_NATIVE_PATCH = re.compile(r"patch_embed(\d+)\.(proj|norm)\.(\w+)")
+_NATIVE_NORM = re.compile(r"norm(\d+)\.(\w+)")
+_NATIVE_BLOCK = re.compile(r"block(\d+)\.(\d+)\.(.+)\.(\w+)")
+_HF_BLOCK_PARTS: dict[str, str] = {  # HF SegformerLayer submodule -> our MiTBlock submodule
+    "layer_norm_1": "norm1",
+    "attention.self.query": "attn.q",
+    "attention.self.sr": "attn.sr",
+    "attention.self.layer_norm": "attn.norm",
+    "attention.output.dense": "attn.proj",
+    "layer_norm_2": "norm2",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+    "mlp.dense2": "mlp.fc2",
+}
+_NATIVE_BLOCK_PARTS = {ours: hf for hf, ours in _HF_BLOCK_PARTS.items()}
+_KV_ROLES = ("key", "value")  # HF's separate projections, fused into our attn.kv in this order
+_HF_KV_PARTS = tuple(f"attention.self.{role}" for role in _KV_ROLES)
+
+
+def mit_key_layout(keys: Iterable[str]) -> str:
+    """The layout of a MiT weight file's ``keys``: ``"hf"``, ``"mmseg"`` or ``"native"``.
+
+    ``"hf"``: some key is a Hugging Face ``transformers`` SegFormer encoder key
+    (``[segformer.][encoder.]patch_embeddings.{i}.`` / ``block.{i}.{j}.`` / ``layer_norm.{i}.``,
+    0-based). ``"mmseg"``: some key is one of our MiT names under ``backbone.`` (NVlabs / mmseg
+    SegFormer training checkpoints). ``"native"`` otherwise: the keys are taken as our own
+    names. A leading ``"module."`` is ignored.
+    """
+    names = [k.removeprefix(WRAPPER_PREFIX) for k in keys]
+    if any(_HF_KEY.match(k) for k in names):
+        return "hf"
+    if any(_MMSEG_KEY.match(k) for k in names):
+        return "mmseg"
+    return "native"
+
+
+def _split_hf_prefix(key: str) -> tuple[str, str]:
+    """``(prefix, name)``: the key's ``segformer.encoder.`` / ``encoder.`` prefix (or ``""``)
+    and the HF encoder name after it."""
+    for prefix in _HF_PREFIXES:
+        if key.startswith(prefix):
+            return prefix, key[len(prefix) :]
+    return "", key
+
+
+def _hf_to_native(name: str) -> str | None:
+    """Our name for the HF encoder name ``name`` (prefix stripped; stages 0-based there, 1-based
+    here); ``None`` for names that are not encoder keys or are key / value (fused separately)."""
+    if m := _HF_PATCH.fullmatch(name):
+        return f"patch_embed{int(m[1]) + 1}.{'norm' if m[2] == 'layer_norm' else 'proj'}.{m[3]}"
+    if m := _HF_NORM.fullmatch(name):
+        return f"norm{int(m[1]) + 1}.{m[2]}"
+    if (m := _HF_BLOCK.fullmatch(name)) and m[3] in _HF_BLOCK_PARTS:
+        return f"block{int(m[1]) + 1}.{m[2]}.{_HF_BLOCK_PARTS[m[3]]}.{m[4]}"
+    return None
+
+
+def _native_to_hf(name: str, prefix: str) -> str | None:
+    """The HF file name(s) of our encoder name ``name`` under ``prefix`` (for messages); the
+    fused ``attn.kv`` names both its sources, ``'….key.weight + ….value.weight'``."""
+    if m := _NATIVE_PATCH.fullmatch(name):
+        part = "layer_norm" if m[2] == "norm" else "proj"
+        return f"{prefix}patch_embeddings.{int(m[1]) - 1}.{part}.{m[3]}"
+    if m := _NATIVE_NORM.fullmatch(name):
+        return f"{prefix}layer_norm.{int(m[1]) - 1}.{m[2]}"
+    if m := _NATIVE_BLOCK.fullmatch(name):
+        base = f"{prefix}block.{int(m[1]) - 1}.{m[2]}."
+        if m[3] == "attn.kv":
+            return " + ".join(f"{base}attention.self.{role}.{m[4]}" for role in _KV_ROLES)
+        hf = _NATIVE_BLOCK_PARTS.get(m[3])
+        return None if hf is None else f"{base}{hf}.{m[4]}"
+    return None
+
+
+def _convert_hf(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """:func:`convert_hf_mit`, plus each converted key's file name(s) (our name -> file key)."""
+    out: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    kv: dict[str, dict[str, tuple[str, Tensor]]] = {}  # our attn.kv name -> role -> (key, tensor)
+    needed: dict[str, str] = {}  # our attn.kv name -> its file key pattern ("{}" = role)
+
+    def put(name: str, value: Tensor, source: str) -> None:
+        if name in out:
+            raise WeightsError(
+                f"two file keys map to {name!r}: {origin[name]!r} and {source!r} (a file mixing "
+                "the Hugging Face SegFormer layout with our MiT names, or two HF prefixes)"
+            )
+        out[name], origin[name] = value, source
+
+    for key, value in state.items():
+        prefix, name = _split_hf_prefix(key)
+        block = _HF_BLOCK.fullmatch(name)
+        if block and block[3] in ("attention.self.query", *_HF_KV_PARTS):
+            stage, index, role, param = block[1], block[2], block[3].rsplit(".", 1)[1], block[4]
+            fused = f"block{int(stage) + 1}.{index}.attn.kv.{param}"
+            needed.setdefault(fused, f"{prefix}block.{stage}.{index}.attention.self.{{}}.{param}")
+            if role in _KV_ROLES:
+                kv.setdefault(fused, {})[role] = (key, value)
+                continue
+        native = _hf_to_native(name)
+        put(key if native is None else native, value, key)
+    absent = [
+        pattern.format(role)
+        for fused, pattern in needed.items()
+        for role in _KV_ROLES
+        if role not in kv.get(fused, {})
+    ]
+    if absent:
+        raise WeightsError(
+            f"read as {MIT_LAYOUTS['hf']}, but the attention tensors {_quote(absent)} are missing: "
+            "MiT fuses each block's key and value projections into one 'attn.kv' (key rows "
+            "first), so a block with a query needs both its key and its value"
+        )
+    for fused, roles in kv.items():
+        (k_name, k), (v_name, v) = roles["key"], roles["value"]
+        if k.shape != v.shape:
+            raise WeightsError(
+                f"cannot fuse {k_name!r} {tuple(k.shape)} and {v_name!r} {tuple(v.shape)} into "
+                f"{fused!r}: key and value projections must have the same shape"
+            )
+        put(fused, torch.cat([k, v], dim=0), f"{k_name} + {v_name}")  # [2C, C] / [2C]
+    return out, origin
+
+
+def convert_hf_mit(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a MiT encoder state dict from the Hugging Face ``transformers`` SegFormer layout to
+    our (NVlabs) names; the tensors are the same objects, except the fused ``attn.kv``.
+
+    Accepted key prefixes: ``segformer.encoder.`` (``SegformerForImageClassification`` /
+    ``SegformerForSemanticSegmentation`` files), ``encoder.`` (a bare ``SegformerModel``) or none.
+    The renaming, stage ``i`` and block ``j`` being 0-based in HF and ``i + 1`` here:
+    ``patch_embeddings.{i}.proj`` / ``.layer_norm`` -> ``patch_embed{i+1}.proj`` / ``.norm``;
+    ``block.{i}.{j}.layer_norm_1`` / ``layer_norm_2`` -> ``block{i+1}.{j}.norm1`` / ``norm2``;
+    ``attention.self.query`` / ``.sr`` / ``.layer_norm`` -> ``attn.q`` / ``attn.sr`` /
+    ``attn.norm``; ``attention.output.dense`` -> ``attn.proj``; ``mlp.dense1`` / ``dense2`` ->
+    ``mlp.fc1`` / ``fc2`` (``mlp.dwconv.dwconv`` unchanged); ``layer_norm.{i}`` -> ``norm{i+1}``.
+    ``attention.self.key`` and ``.value`` (``[C, C]`` / ``[C]`` each) are concatenated along
+    dim 0 into ``attn.kv`` (``[2C, C]`` / ``[2C]``, key rows first, as our attention splits it).
+
+    Keys that are not HF encoder keys (``classifier.*``, ``decode_head.*``, anything else) are
+    returned unchanged, for the caller to ignore or report. Raises :class:`WeightsError` naming
+    the missing file key when a block has a query, key or value without its key or value, and
+    when two file keys land on one name.
+    """
+    return _convert_hf(state)[0]
+
+
+def _from_layout(
+    state: Mapping[str, Tensor], layout: str
+) -> tuple[dict[str, Tensor], Callable[[str], str | None] | None]:
+    """``state`` in our MiT names, and a function giving each of our keys' name in the file."""
+    if layout == "hf":
+        converted, origin = _convert_hf(state)
+        prefix = next(
+            (_split_hf_prefix(k)[0] for k in state if _HF_KEY.match(k)), ""
+        )  # the file's prefix, for keys it lacks
+        return converted, lambda key: origin.get(key) or _native_to_hf(key, prefix)
+    if layout == "mmseg":
+        out: dict[str, Tensor] = {}
+        source: dict[str, str] = {}
+        for key, value in state.items():
+            name = key.removeprefix(MMSEG_PREFIX)
+            if name in out:
+                raise WeightsError(f"two file keys map to {name!r}: {source[name]!r} and {key!r}")
+            out[name], source[name] = value, key
+        return out, lambda key: source.get(key, MMSEG_PREFIX + key)
+    return dict(state), None
+
+
 def load_backbone_weights(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -273,10 +522,35 @@ def load_backbone_weights(
     default ``fc.*`` and ``head.*``) are dropped and listed in ``ignored``. The returned
     report's keys are names in ``model``: ``missing`` lists everything outside the encoder
     (ASPP, decoder, head), which keeps its initialisation.
+
+    For a MiT encoder, the file's layout is detected (:func:`mit_key_layout`, after
+    ``prefix_map``) and converted with nothing to pass: Hugging Face SegFormer files
+    (:func:`convert_hf_mit`; their ``classifier.*`` / ``decode_head.*`` keys are ignored) and
+    NVlabs / mmseg segmentation checkpoints (``backbone.`` stripped; ``decode_head.*`` /
+    ``auxiliary_head.*`` ignored). ``ignore_prefixes`` then applies to the converted names
+    (non-encoder keys keep their file names, so ``ignored`` shows those). ``LoadReport.layout``
+    and every error message say which layout the file was read as, and errors give the file's
+    name next to each of our keys where it differs. ResNet files are loaded by name only.
     """
     prefix, encoder = find_encoder(model)
-    report = load_pretrained(
-        encoder, path, prefix_map=prefix_map, strict=True, ignore_prefixes=ignore_prefixes
+    file_path = Path(path)
+    state = _remap(read_state_dict(file_path), prefix_map, file_path)
+    layout, file_name, drop = "native", None, tuple(ignore_prefixes)
+    if isinstance(encoder, MixTransformer):
+        layout = mit_key_layout(state)
+        try:
+            state, file_name = _from_layout(state, layout)
+        except WeightsError as err:
+            raise WeightsError(f"cannot load '{file_path}': {err}") from err
+        drop += _LAYOUT_IGNORE[layout]
+    report = _load_state(
+        encoder,
+        state,
+        file_path,
+        strict=True,
+        ignore_prefixes=drop,
+        layout=layout,
+        file_name=file_name,
     )
     outside = tuple(k for k in model.state_dict() if not k.startswith(prefix)) if prefix else ()
     return LoadReport(
@@ -284,6 +558,7 @@ def load_backbone_weights(
         loaded=tuple(prefix + k for k in report.loaded),
         missing=outside,
         ignored=report.ignored,
+        layout=report.layout,
     )
 
 
