@@ -26,6 +26,13 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be turned into a valid config."""
 
 
+#: Keys that say how a run is executed, not what it computes: a resumed run may change them
+#: (another node, more cores), and two trials that differ only in them are the same experiment.
+#: Decoding and prefetching never change a number; another device or thread count may change
+#: floating-point rounding (as it does between two machines).
+RUNTIME_KEYS: frozenset[str] = frozenset({"device", "num_threads", "decode_workers", "prefetch"})
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines one multi-round active-learning run."""
@@ -96,6 +103,8 @@ class ExperimentConfig:
     # --- runtime ----------------------------------------------------------------
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    decode_workers: int = 4  # threads decoding and resizing one batch's images (PIL releases the GIL)
+    prefetch: bool = True  # decode the next step's images while this step trains (same results)
     source_cache: str = "runs/cache"  # where source pre-trained checkpoints are shared
     log_every: int = 25  # progress line / loss scalar every N steps
     log_images: int = 2  # target images whose radius/selection maps go to TensorBoard
@@ -180,8 +189,10 @@ class ExperimentConfig:
         return self.source_steps + self.rounds * self.round_steps
 
     def run_id(self) -> str:
-        """Short stable id of this exact configuration."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+        """Short stable id of this exact configuration (runtime keys aside: a run resumed on
+        another device or with other thread counts keeps its id)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ----------------------------------------------------------------------------------
@@ -269,6 +280,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("amp=true needs a CUDA device (bfloat16 autocast), but device='cpu'")
     for name in ("momentum", "weight_decay", "target_loss_weight", "source_weight"):
         _positive(name, getattr(cfg, name), allow_zero=True)
+    if cfg.decode_workers < 1:
+        raise ConfigError(f"decode_workers must be >= 1, but got decode_workers={cfg.decode_workers}")
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"num_threads must be >= 1 or null, but got num_threads={cfg.num_threads}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):

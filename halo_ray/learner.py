@@ -89,7 +89,9 @@ def prepare_data(
     ensure_data(cfg, log)
 
     def lazy(which: str, size: tuple[int, int] | None, key: str) -> ImageSet:
-        return ImageSet(open_split(cfg, which), size=size, cache_bytes=cache_bytes, size_key=key)
+        return ImageSet(
+            open_split(cfg, which), size=size, cache_bytes=cache_bytes, workers=cfg.decode_workers, size_key=key
+        )
 
     return RunData(
         source=lazy("source", cfg.source_hw, "source_size"),

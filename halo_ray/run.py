@@ -26,7 +26,7 @@ import torch
 
 import halo_ray
 from halo_ray.acquisition import picks_per_round, select_centres
-from halo_ray.config import ConfigError, ExperimentConfig
+from halo_ray.config import RUNTIME_KEYS, ConfigError, ExperimentConfig
 from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.results import (
@@ -490,12 +490,15 @@ def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path | str) -> 
     """A resumed run must continue the same config; name every key that differs.
 
     A key the checkpoint lacks was added to halo_ray after it was written; the run then
-    behaved as that key's default does, so the default stands in for it.
+    behaved as that key's default does, so the default stands in for it. Runtime keys
+    (:data:`~halo_ray.config.RUNTIME_KEYS`: device, threads, prefetching) may change.
     """
     current = cfg.to_dict()
     defaults = ExperimentConfig().to_dict()
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    differ = sorted(k for k in set(current) | set(saved) if current.get(k) != saved.get(k))
+    differ = sorted(
+        k for k in set(current) | set(saved) if k not in RUNTIME_KEYS and current.get(k) != saved.get(k)
+    )
     if differ:
         detail = ", ".join(f"{k}: checkpoint={saved.get(k)!r} now={current.get(k)!r}" for k in differ)
         raise ConfigError(f"{path}: cannot resume with a different config ({detail})")

@@ -220,19 +220,36 @@ class ImageSet:
         self, indices: Sequence[int], *, image: bool = True, label: bool = True
     ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
         """Native ``(image [H, W, 3], label [H, W])`` uint8 arrays of ``indices`` (read-only)."""
+        return self._fetch(indices, image=image, label=label, resize=False, label_to_input=False)
+
+    def _fetch(
+        self, indices: Sequence[int], *, image: bool, label: bool, resize: bool, label_to_input: bool
+    ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """``(image, label)`` of ``indices``, decoded and (``resize``: image at the input size;
+        ``label_to_input``: label nearest-resized to it) in the decode threads.
+
+        Native arrays are cached in the caller's thread, so the threads never write shared state.
+        """
         idx = [int(i) for i in indices]
+
+        def work(i: int) -> tuple[np.ndarray | None, ...]:
+            img, lab = self._decode(i, image, label)
+            out_img = self.to_input(img) if resize and img is not None else img
+            out_lab = resize_label(lab, out_img.shape[:2]) if label_to_input and lab is not None else lab
+            return img, lab, out_img, out_lab
+
         if self.workers > 1 and len(idx) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-            decoded = list(self._pool.map(lambda i: self._decode(i, image, label), idx))
+            decoded = list(self._pool.map(work, idx))
         else:
-            decoded = [self._decode(i, image, label) for i in idx]
-        for i, (img, lab) in zip(idx, decoded, strict=True):  # cache in the caller's thread
+            decoded = [work(i) for i in idx]
+        for i, (img, lab, _, _) in zip(idx, decoded, strict=True):  # cache in the caller's thread
             for store, value in ((self._images, img), (self._labels, lab)):
                 if value is not None and i not in store and value.nbytes <= self._cache_left:
                     store[i] = value
                     self._cache_left -= value.nbytes
-        return decoded
+        return [(out_img, out_lab) for _, _, out_img, out_lab in decoded]
 
     def to_input(self, image: np.ndarray) -> np.ndarray:
         """A native image at the network input size (bicubic), uint8 ``[h, w, 3]``."""
@@ -251,20 +268,18 @@ class ImageSet:
     # -- batches -----------------------------------------------------------------------
     def images(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 ``[B, h, w, 3]`` images at the input size (labels are not read)."""
-        return self.stack([self.to_input(img) for img, _ in self.items(indices, label=False)])
+        pairs = self._fetch(indices, image=True, label=False, resize=True, label_to_input=False)
+        return self.stack([img for img, _ in pairs])
 
     def training_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Images ``[B, h, w, 3]`` and labels ``[B, h, w]`` (nearest-resized) at the input size."""
-        pairs = self.items(indices)
-        images = self.stack([self.to_input(img) for img, _ in pairs])
-        hw = tuple(images.shape[1:3])
-        return images, self.stack([resize_label(lab, hw) for _, lab in pairs])
+        pairs = self._fetch(indices, image=True, label=True, resize=True, label_to_input=True)
+        return self.stack([img for img, _ in pairs]), self.stack([lab for _, lab in pairs])
 
     def evaluation_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Images ``[B, h, w, 3]`` at the input size and each label at its native ``[H, W]``."""
-        pairs = self.items(indices)
-        images = self.stack([self.to_input(img) for img, _ in pairs])
-        return images, [torch.from_numpy(np.array(lab)) for _, lab in pairs]
+        pairs = self._fetch(indices, image=True, label=True, resize=True, label_to_input=False)
+        return self.stack([img for img, _ in pairs]), [torch.from_numpy(np.array(lab)) for _, lab in pairs]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -524,6 +539,51 @@ ProgressFn = Callable[[int, int, float, float], None]  # (step, total, loss, lr)
 SourceSampler = Callable[[int, torch.Generator], torch.Tensor]  # (n, generator) -> int64 [n] indices
 
 
+_Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images [B, h, w, 3], labels [B, h, w], flips [B]
+
+
+@dataclass(frozen=True)
+class _StepDraw:
+    """What one training step sampled: source and target batch positions and flip coins."""
+
+    src_idx: list[int]
+    src_flip: torch.Tensor  # bool [B]
+    tgt_idx: list[int] | None
+    tgt_flip: torch.Tensor | None  # bool [B]
+
+
+class _Prefetcher:
+    """Yields ``load(draw())`` for ``steps`` steps; with ``enabled``, step ``i + 1``'s images
+    are decoded in a background thread while step ``i`` trains (the GPU is not left waiting
+    for PIL).
+
+    ``draw`` runs in the caller's thread, in step order, never beyond ``steps``: the sampling
+    generator ends where it would without prefetching, so results and resumes are identical.
+    ``load`` must only read shared state (the image sets and labels do not change during
+    ``Trainer.train``). Leaving the ``with`` block waits for a pending load.
+    """
+
+    def __init__(self, draw: Callable[[], _StepDraw], load: Callable[[_StepDraw], Any], steps: int, *, enabled: bool):
+        self.draw, self.load, self.steps = draw, load, steps
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if enabled and steps > 1 else None
+        self._pending = None
+
+    def __enter__(self):
+        return self._batches()
+
+    def _batches(self):
+        for i in range(self.steps):
+            batch = self.load(self.draw()) if self._pending is None else self._pending.result()
+            self._pending = None
+            if self._pool is not None and i + 1 < self.steps:
+                self._pending = self._pool.submit(self.load, self.draw())
+            yield batch
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Trainer:
     """Holds the segmenter and its optimizer; trains on source + labelled target, scores, evaluates."""
 
@@ -647,40 +707,53 @@ class Trainer:
                 target_pool = torch.from_numpy(target_labels.labelled_images())
             if target_pool.numel() == 0:
                 target_pool = None
-        losses = []
-        for i in range(steps):
-            step = start_step + i
-            lr = scheduled_lr(cfg, step, total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
+
+        def draw() -> _StepDraw:
+            """One step's sampling, always in this order, from ``generator`` alone."""
             if source_sampler is None:
                 src_idx = torch.randint(len(source), (cfg.batch_size,), generator=generator)
             else:
                 src_idx = source_sampler(cfg.batch_size, generator)
             src_flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+            if target_pool is None:
+                return _StepDraw(src_idx.tolist(), src_flip, None, None)
+            pick = torch.randint(target_pool.numel(), (cfg.batch_size,), generator=generator)
+            tgt_flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+            return _StepDraw(src_idx.tolist(), src_flip, target_pool[pick].tolist(), tgt_flip)
+
+        def load(d: _StepDraw) -> tuple[_Batch | None, _Batch | None]:
+            """Decode one step's images (CPU work; in the prefetch thread when ``prefetch``)."""
             tgt = None
-            if target_pool is not None:
-                pick = torch.randint(target_pool.numel(), (cfg.batch_size,), generator=generator)
-                tgt_flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
-                tgt_idx = target_pool[pick].tolist()
-                tgt_images = target.images(tgt_idx)  # [B, h, w, 3]
-                tgt_labels = target_labels.batch(tgt_idx, tuple(tgt_images.shape[1:3]))  # [B, h, w]
-                tgt = (tgt_images, tgt_labels, tgt_flip if cfg.train_flip else torch.zeros_like(tgt_flip))
+            if d.tgt_idx is not None:
+                tgt_images = target.images(d.tgt_idx)  # [B, h, w, 3]
+                tgt_labels = target_labels.batch(d.tgt_idx, tuple(tgt_images.shape[1:3]))  # [B, h, w]
+                tgt = (tgt_images, tgt_labels, d.tgt_flip if cfg.train_flip else torch.zeros_like(d.tgt_flip))
             src = None  # source-free rounds (source_weight 0) never read a source image
-            if target_pool is None or cfg.source_weight > 0:
-                src = (*source.training_batch(src_idx.tolist()), src_flip if cfg.train_flip else torch.zeros_like(src_flip))
-            self.optimizer.zero_grad(set_to_none=True)
-            value = 0.0
-            for part in torch.arange(cfg.batch_size).chunk(cfg.grad_accum):  # micro-batches
-                loss = self._micro_batch_loss(src, tgt, part)
-                loss.backward()
-                value += float(loss.detach())
-            self.optimizer.step()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {step}")
-            losses.append(value)
-            if progress is not None:
-                progress(step + 1, total_steps, value, lr)
+            if tgt is None or cfg.source_weight > 0:
+                flip = d.src_flip if cfg.train_flip else torch.zeros_like(d.src_flip)
+                src = (*source.training_batch(d.src_idx), flip)
+            return src, tgt
+
+        losses = []
+        with _Prefetcher(draw, load, steps, enabled=cfg.prefetch) as batches:
+            for i, (src, tgt) in enumerate(batches):
+                step = start_step + i
+                lr = scheduled_lr(cfg, step, total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
+                self.optimizer.zero_grad(set_to_none=True)
+                parts = []
+                for part in torch.arange(cfg.batch_size).chunk(cfg.grad_accum):  # micro-batches
+                    loss = self._micro_batch_loss(src, tgt, part)
+                    loss.backward()
+                    parts.append(loss.detach())
+                self.optimizer.step()
+                value = sum(float(v) for v in parts)  # one device sync per step
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"training loss became {value} at step {step}")
+                losses.append(value)
+                if progress is not None:
+                    progress(step + 1, total_steps, value, lr)
         return float(np.mean(losses)) if losses else float("nan")
 
     def _micro_batch_loss(

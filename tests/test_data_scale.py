@@ -21,7 +21,7 @@ from halo_ray.data.labels import IGNORE_INDEX
 from halo_ray.data.layouts import open_dataset, resize_image, resize_label
 from halo_ray.learner import Learner, RunData, class_presence, open_split
 from halo_ray.pool import ArrayOracle, LabelPool
-from halo_ray.run import ActiveLearningRun
+from halo_ray.run import ActiveLearningRun, run_experiment
 from halo_ray.training import (
     CLASS_BALANCE_SUB_EPOCH,
     ArrayDataset,
@@ -419,3 +419,108 @@ def test_a_checkpoint_written_before_the_new_keys_resumes_with_their_defaults():
     _check_same_config(cfg, older, "round_002.pt")  # the defaults stand in for the missing keys
     with pytest.raises(ConfigError, match=r"target_size: checkpoint=None now=\[1280, 640\]"):
         _check_same_config(cfg.replace(target_size=(1280, 640)), older, "round_002.pt")
+
+
+# ----------------------------------------------------------------------------------
+# prefetching: the next step's images decode while this step trains
+
+
+class ThreadRecordingDataset(ArrayDataset):
+    """Records, per image decode, the index and the name of the thread that decoded it."""
+
+    def __init__(self, images, labels):
+        super().__init__(images, labels)
+        self.loads: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+
+    def load_image(self, i):
+        with self._lock:
+            self.loads.append((int(i), threading.current_thread().name))
+        return super().load_image(i)
+
+    def __getitem__(self, i):
+        self.load_image(i)
+        return super().__getitem__(i)
+
+
+def _prefetch_run(prefetch: bool, workers: int, *, size=None):
+    """Four steps on source + sparse target labels (class-balanced source, 2 micro-batches):
+    the trained parameters, the generator state and the recording readers."""
+    from halo_ray.training import ClassBalancedSampler, SparseLabels, Trainer
+
+    gen = torch.Generator().manual_seed(0)
+    src_images = torch.randint(0, 256, (6, 24, 40, 3), generator=gen, dtype=torch.uint8)
+    src_labels = torch.randint(0, 19, (6, 24, 40), generator=gen).to(torch.uint8)
+    tgt_images = torch.randint(0, 256, (5, 24, 40, 3), generator=gen, dtype=torch.uint8)
+    dense = np.full((5, 24, 40), 255, np.uint8)
+    dense[[0, 2, 3], 4:10, 6:14] = 5
+    readers = {"source": ThreadRecordingDataset(src_images, src_labels),
+               "target": ThreadRecordingDataset(tgt_images, torch.from_numpy(dense))}
+    source = ImageSet(readers["source"], size=size, cache_bytes=0, workers=workers)
+    target = ImageSet(readers["target"], size=size, cache_bytes=0, workers=workers)
+    cfg = build_config(dict(embed_dim=8, batch_size=4, grad_accum=2, lr=0.05, device="cpu", num_threads=1,
+                            negative_learning=True, prefetch=prefetch, decode_workers=workers))
+    trainer = Trainer(cfg, 19, torch.device("cpu"))
+    sampler = ClassBalancedSampler(lambda: np.eye(6, 19, dtype=bool), 19, seed=1)
+    run_gen = torch.Generator().manual_seed(3)
+    trainer.train(4, source=source, target=target, target_labels=SparseLabels.from_dense(dense),
+                  generator=run_gen, start_step=0, total_steps=8, source_sampler=sampler.draw)
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return params, run_gen.get_state(), sampler.state_dict(), readers
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_prefetching_decodes_ahead_in_its_thread_and_changes_nothing(workers):
+    params, state, sampler, readers = _prefetch_run(False, workers)
+    params_p, state_p, sampler_p, readers_p = _prefetch_run(True, workers, size=None)
+    assert torch.equal(params, params_p)  # identical training
+    assert torch.equal(state, state_p)  # the generator stopped where it would: no draw beyond step 4
+    assert sampler.keys() == sampler_p.keys()
+    for key in sampler:  # the class-balanced sampler's counters too
+        assert np.array_equal(np.asarray(sampler[key]), np.asarray(sampler_p[key])), key
+    for which in ("source", "target"):
+        # the same images (decode threads may finish a batch's items out of order)
+        assert sorted(i for i, _ in readers[which].loads) == sorted(i for i, _ in readers_p[which].loads)
+        assert len(readers_p[which].loads) == 4 * 4  # exactly batch_size per step, nothing extra
+        threads = [name for _, name in readers_p[which].loads]
+        off_main = [name for name in threads if name != "MainThread"]
+        # steps 2-4 were loaded away from the trainer's thread (by the prefetch thread itself,
+        # or by the decode threads it drives); step 1 before the pipeline fills
+        assert len(off_main) >= 3 * 4, threads
+        if workers == 1:  # without prefetching, everything decodes in the trainer's thread
+            assert all(name == "MainThread" for _, name in readers[which].loads)
+
+
+def test_resize_happens_in_the_decode_threads():
+    """With input sizes the bicubic resize runs where the decode runs, and the batch equals
+    a one-thread read of the same items."""
+    images = torch.randint(0, 256, (4, 30, 50, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    labels = torch.randint(0, 19, (4, 30, 50), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    one = ImageSet.from_arrays(images, labels, size=(12, 20), cache_bytes=0, workers=1)
+    many = ImageSet.from_arrays(images, labels, size=(12, 20), cache_bytes=0, workers=3)
+    for a, b in zip(one.training_batch([3, 0, 2, 0]), many.training_batch([3, 0, 2, 0]), strict=True):
+        assert torch.equal(a, b)
+    assert tuple(one.images([1]).shape) == (1, 12, 20, 3)
+    imgs, labs = many.evaluation_batch([1, 2])
+    assert tuple(imgs.shape) == (2, 12, 20, 3) and [tuple(lab.shape) for lab in labs] == [(30, 50)] * 2
+
+
+def test_runtime_keys_may_change_on_resume(tiny_config_values, tmp_path):
+    """decode_workers / prefetch / num_threads / device are how, not what: a resume may change
+    them (another node); with the same arithmetic (threads, device) the result is bit-identical
+    to the uninterrupted run's."""
+    values = {**tiny_config_values, "rounds": 2, "decode_workers": 1, "prefetch": False}
+    full = run_experiment(build_config(values), tmp_path / "full", log=_quiet, tensorboard=False)
+    cut = ActiveLearningRun(build_config(values), tmp_path / "cut", log=_quiet, tensorboard=False)
+    cut.start_or_resume(False)
+    cut.run_round(1)  # ... and the process ends here
+    cut.close()
+    with pytest.raises(ConfigError, match="different config.*budget"):  # a key that changes results
+        run_experiment(build_config({**values, "budget": 7.0}), tmp_path / "cut", resume=True, log=_quiet,
+                       tensorboard=False)
+    changed = build_config({**values, "decode_workers": 3, "prefetch": True, "device": "cpu"})
+    assert build_config({**values, "num_threads": 2}).run_id() == build_config(values).run_id()
+    assert changed.run_id() == build_config(values).run_id()
+    resumed = run_experiment(changed, tmp_path / "cut", resume=True, log=_quiet, tensorboard=False)
+    cols = ["round", "miou", "labelled_pixels"]
+    pd.testing.assert_frame_equal(full[cols], resumed[cols])
