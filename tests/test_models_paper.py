@@ -26,6 +26,7 @@ from halo_ray.models import (
     SegFormer,
     Segmenter,
     SegmenterSpec,
+    SeparableDeepLabV3Plus,
     WeightsError,
     build_segmenter,
     find_encoder,
@@ -35,8 +36,8 @@ from halo_ray.models import (
     resnet101,
 )
 
-PAPER_BACKBONES = ("deeplabv2_r101", "deeplabv3p_r101", "mit_b2", "mit_b0")
-STRIDES = {"deeplabv2_r101": 8, "deeplabv3p_r101": 4, "mit_b2": 4, "mit_b0": 4}
+PAPER_BACKBONES = ("deeplabv2_r101", "deeplabv3p_r101", "deeplabv3p_r101_sep", "mit_b2", "mit_b0")
+STRIDES = {"deeplabv2_r101": 8, "deeplabv3p_r101": 4, "deeplabv3p_r101_sep": 4, "mit_b2": 4, "mit_b0": 4}
 GEOMS = ("hyperbolic", "euclidean")
 H, W = 37, 45  # not divisible by 4 or 8: checks the ⌈H/s⌉ rule
 TINY_MIT = MiTSize((8, 16, 24, 32), (1, 1, 1, 1), (1, 2, 3, 4), (8, 4, 2, 1), decoder_dim=16)
@@ -66,6 +67,8 @@ def _small_backbone(name: str) -> nn.Module:
         return DeepLabV3Plus(
             width=8, layers=(1, 1, 2, 1), aspp_channels=16, low_proj_channels=8, out_channels=16
         )
+    if name == "deeplabv3p_r101_sep":
+        return SeparableDeepLabV3Plus(width=8, layers=(1, 1, 2, 1), channels=16, low_proj_channels=8)
     return SegFormer(TINY_MIT, drop_path_rate=0.0)
 
 
@@ -125,7 +128,7 @@ def test_paper_backbone_output_shapes_with_both_heads(paper_models, name, geomet
 def test_resnet101_parameter_count_is_the_published_one_without_fc(paper_models):
     expected = RESNET101_WITH_FC - FC_1000
     assert expected == 42_500_160
-    for name in ("deeplabv2_r101", "deeplabv3p_r101"):
+    for name in ("deeplabv2_r101", "deeplabv3p_r101", "deeplabv3p_r101_sep"):
         assert _n_params(paper_models[name][0].backbone.encoder) == expected
 
 
@@ -143,6 +146,26 @@ def test_deeplab_decoder_parameter_counts_follow_the_architecture(paper_models):
     decoder = (256 * 48 + 2 * 48) + (9 * 304 * 256 + bn) + (9 * 256 * 256 + bn)
     assert _n_params(v3p.aspp) == aspp
     assert _n_params(v3p) - _n_params(v3p.encoder) == aspp + decoder
+
+
+def _separable(c_in: int, c_out: int) -> int:
+    """Parameters of a depthwise-separable 3×3 block: depthwise 3×3 + BN, pointwise 1×1 + BN."""
+    return (9 * c_in + 2 * c_in) + (c_in * c_out + 2 * c_out)
+
+
+def test_halo_separable_deeplab_matches_the_released_head(paper_models):
+    """HALO's released v3+ (``classifier.py: DepthwiseSeparableASPP``): 512 channels, a 1×1
+    branch, separable branches at 6/12/18, image pooling (ours without its BatchNorm), a 3×3
+    fuse, the 48-channel shortcut and two separable decoder blocks (560 → 512 → 512)."""
+    sep = paper_models["deeplabv3p_r101_sep"][0].backbone
+    bn = 2 * 512
+    aspp = (2048 * 512 + bn) + 3 * _separable(2048, 512) + 2048 * 512 + (9 * 5 * 512 * 512 + bn)
+    decoder = (256 * 48 + 2 * 48) + _separable(560, 512) + _separable(512, 512)
+    assert _n_params(sep.aspp) == aspp
+    assert _n_params(sep) - _n_params(sep.encoder) == aspp + decoder
+    depthwise = [m for m in sep.aspp.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert [(m.groups, m.dilation[0], m.padding[0]) for m in depthwise] == [(2048, r, r) for r in (6, 12, 18)]
+    assert sep.out_channels == 512
 
 
 @pytest.mark.parametrize(
@@ -261,7 +284,7 @@ def test_aspp_v2_is_the_sum_of_its_dilated_branches():
 
 
 @pytest.mark.parametrize("geometry", GEOMS)
-@pytest.mark.parametrize("name", ("deeplabv2_r101", "deeplabv3p_r101", "mit_b0"))
+@pytest.mark.parametrize("name", ("deeplabv2_r101", "deeplabv3p_r101", "deeplabv3p_r101_sep", "mit_b0"))
 def test_small_variants_train_every_parameter(name, geometry):
     model = _small_segmenter(name, geometry).train()
     images = torch.randn(2, 3, 49, 49)

@@ -72,7 +72,7 @@ def test_paper_experiment_files_load(name):
     from halo_ray.config import load_config
 
     cfg = load_config(ROOT / "experiments" / f"{name}.yaml")
-    assert cfg.experiment == name and cfg.backbone == "deeplabv3p_r101" and cfg.loop == "adapt"
+    assert cfg.experiment == name and cfg.backbone == "deeplabv3p_r101_sep" and cfg.loop == "adapt"
     assert (cfg.lr, cfg.head_lr_mult, cfg.poly_power, cfg.warmup_steps) == (1.0e-3, 10.0, 0.5, 600)
     assert cfg.source_steps == cfg.rounds * cfg.round_steps == 15000 and cfg.budget == 5.0
     assert cfg.round_lengths() == [3750, 3750, 2500, 2500, 2500]  # HALO's SELECT_ITER on 4 GPUs

@@ -1,13 +1,22 @@
 """Segmentation models: registered backbones, Euclidean / hyperbolic heads, the segmenter.
 
 ``build_segmenter(...)`` is the entry point; ``BACKBONES`` is the name → factory registry
-(``"tiny"``; paper scale: ``"deeplabv2_r101"``, ``"deeplabv3p_r101"``, ``"mit_b0"`` …
+(``"tiny"``; paper scale: ``"deeplabv2_r101"``, ``"deeplabv3p_r101"``,
+``"deeplabv3p_r101_sep"``, ``"mit_b0"`` …
 ``"mit_b5"``). ``load_backbone_weights`` / ``load_pretrained`` read local weight files (never
 downloading); ``freeze_batchnorm`` freezes BatchNorm layers for fine-tuning.
 """
 
 from .backbones import ASPP, BACKBONES, FeatureExtractor, TinyDeepLab, build_backbone
-from .deeplab import ASPPv2, DeepLabV2, DeepLabV3Plus, deeplabv2_r101, deeplabv3p_r101
+from .deeplab import (
+    ASPPv2,
+    DeepLabV2,
+    DeepLabV3Plus,
+    SeparableDeepLabV3Plus,
+    deeplabv2_r101,
+    deeplabv3p_r101,
+    deeplabv3p_r101_sep,
+)
 from .heads import EuclideanHead, HyperbolicHead, SegOutput
 from .mit import (
     MIT_SIZES,
@@ -57,6 +66,7 @@ __all__ = [
     "SegOutput",
     "Segmenter",
     "SegmenterSpec",
+    "SeparableDeepLabV3Plus",
     "TinyDeepLab",
     "WeightsError",
     "build_backbone",
@@ -64,6 +74,7 @@ __all__ = [
     "convert_hf_mit",
     "deeplabv2_r101",
     "deeplabv3p_r101",
+    "deeplabv3p_r101_sep",
     "find_encoder",
     "freeze_batchnorm",
     "load_backbone_weights",

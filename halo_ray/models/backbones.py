@@ -157,6 +157,13 @@ def _deeplabv3p_r101() -> FeatureExtractor:
     return deeplabv3p_r101()
 
 
+def _deeplabv3p_r101_sep() -> FeatureExtractor:
+    """HALO's released DeepLab-v3+ / ResNet-101 (separable, 512 channels), stride 4 (lazy import)."""
+    from .deeplab import deeplabv3p_r101_sep
+
+    return deeplabv3p_r101_sep()
+
+
 def _mit_b0() -> FeatureExtractor:
     """SegFormer-B0 (MiT-B0 + all-MLP decoder), output stride 4 (lazy import)."""
     from .mit import mit_b0
@@ -203,6 +210,7 @@ BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
     "tiny": TinyDeepLab,
     "deeplabv2_r101": _deeplabv2_r101,
     "deeplabv3p_r101": _deeplabv3p_r101,
+    "deeplabv3p_r101_sep": _deeplabv3p_r101_sep,
     "mit_b0": _mit_b0,
     "mit_b1": _mit_b1,
     "mit_b2": _mit_b2,
@@ -213,7 +221,9 @@ BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
 """Backbone name → zero-argument factory. Names are the ``backbone`` config key's values.
 
 ``tiny``: CPU-friendly stand-in (stride 4). Paper scale (issue 5): ``deeplabv2_r101``
-(RIPU / HALO's GTAV→Cityscapes model, stride 8), ``deeplabv3p_r101`` (stride 4), and the
+(RIPU's GTAV→Cityscapes model, stride 8), ``deeplabv3p_r101`` (the paper's DeepLab-v3+,
+stride 4), ``deeplabv3p_r101_sep`` (the separable 512-channel DeepLab-v3+ of HALO's released
+code, stride 4), and the
 SegFormer sizes ``mit_b0`` … ``mit_b5`` (stride 4): ``mit_b4`` is HALO's Cityscapes→ACDC
 model, ``mit_b2`` the common paper size, ``mit_b0`` the cheap one. Their encoders take
 ImageNet weights from a local file via :func:`~halo_ray.models.weights.load_backbone_weights`

@@ -20,9 +20,18 @@ alike.
   stride 4, where the head puts its 64-d embedding as HALO does. Differences from the paper:
   no dropout; the image-pooling branch has no BatchNorm (its 1×1 map has no batch statistics
   at batch size 1, see :class:`~halo_ray.models.backbones.ASPP`); plain (not depthwise-
-  separable) 3×3 convs. HALO's v3+ head (depthwise-separable ASPP at rates 6/12/18, 512
-  channels) can be approximated with ``aspp_rates=(6, 12, 18)``, ``aspp_channels=512``,
-  ``out_channels=512``.
+  separable) 3×3 convs.
+* :class:`SeparableDeepLabV3Plus` — the DeepLab-v3+ of HALO's (and RIPU's) released code, the
+  model HALO's GTAV/SYNTHIA→Cityscapes numbers come from: ResNet at output stride 8; ASPP of a
+  1×1 branch, depthwise-separable 3×3 branches at dilations 6, 12, 18 (*not* doubled for stride
+  8) and image pooling, 512 channels each, fused by a **3×3** conv-BN-ReLU; layer1 shortcut of
+  48 channels; decoder of two depthwise-separable 3×3 blocks (depthwise conv-BN-ReLU,
+  pointwise conv-BN-ReLU) to 512 channels at stride 4; bilinear resizing with
+  ``align_corners=True``. One difference: the image-pooling branch has no BatchNorm (as in
+  :class:`~halo_ray.models.backbones.ASPP`). With ``freeze_bn`` every fresh BatchNorm is an
+  identity, which is what the reference's frozen head BatchNorm layers are, so the two agree
+  there. The reference's dropout before its Euclidean classifier is not modelled (our heads
+  start with the 1×1 reduction to ``embed_dim``).
 
 Each model exposes its ResNet as ``encoder`` (the part ImageNet weights load into, see
 :func:`~halo_ray.models.weights.load_backbone_weights`). ``width`` / ``layers`` build small
@@ -39,7 +48,16 @@ from torch import Tensor, nn
 from .backbones import ASPP, FeatureExtractor, _conv_bn_relu, init_conv_bn
 from .resnet import RESNET101_LAYERS, ResNet
 
-__all__ = ["ASPPv2", "DeepLabV2", "DeepLabV3Plus", "deeplabv2_r101", "deeplabv3p_r101"]
+__all__ = [
+    "ASPPv2",
+    "DeepLabV2",
+    "DeepLabV3Plus",
+    "SeparableASPP",
+    "SeparableDeepLabV3Plus",
+    "deeplabv2_r101",
+    "deeplabv3p_r101",
+    "deeplabv3p_r101_sep",
+]
 
 ASPP_V2_RATES: tuple[int, ...] = (6, 12, 18, 24)
 """DeepLab-v2's ASPP dilations (at output stride 8)."""
@@ -153,6 +171,80 @@ class DeepLabV3Plus(FeatureExtractor):
         return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, out, H/4, W/4]
 
 
+def separable_conv(in_channels: int, out_channels: int, *, dilation: int = 1) -> nn.Sequential:
+    """Depthwise-separable 3×3 block: depthwise 3×3 conv (dilated) → BN → ReLU, then
+    pointwise 1×1 conv → BN → ReLU; 'same' padding, no biases."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        *_conv_bn_relu(in_channels, out_channels, kernel_size=1),
+    )
+
+
+class SeparableASPP(nn.Module):
+    """ASPP of HALO's / RIPU's released DeepLab-v3+: a 1×1 branch, depthwise-separable 3×3
+    branches at ``rates``, image pooling; concatenated and fused by a 3×3 conv-BN-ReLU.
+
+    ``[B, in_channels, h, w] -> [B, channels, h, w]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, rates: tuple[int, ...]):
+        super().__init__()
+        _check_rates(rates)
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(in_channels, channels, kernel_size=1)]
+            + [separable_conv(in_channels, channels, dilation=r) for r in rates]
+        )
+        self.pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(in_channels, channels, 1, bias=False),
+            nn.ReLU(inplace=True),  # no BatchNorm: a 1×1 map with batch 1 has no statistics
+        )
+        self.fuse = _conv_bn_relu((len(rates) + 2) * channels, channels)  # 3×3, as the reference
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C_in, h, w] -> [B, channels, h, w]``."""
+        pooled = self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1])  # [B, channels, h, w]
+        return self.fuse(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class SeparableDeepLabV3Plus(FeatureExtractor):
+    """HALO's released DeepLab-v3+: ResNet (output stride 8) → :class:`SeparableASPP` (rates
+    6/12/18, 512 channels) → decoder of two depthwise-separable 3×3 blocks on the ASPP output
+    (upsampled, ``align_corners=True``) concatenated with the 48-channel layer1 shortcut →
+    ``[B, 512, ⌈H/4⌉, ⌈W/4⌉]``."""
+
+    output_stride = 4
+
+    def __init__(
+        self,
+        *,
+        layers: tuple[int, int, int, int] = RESNET101_LAYERS,
+        width: int = 64,
+        channels: int = 512,
+        rates: tuple[int, ...] = (6, 12, 18),
+        low_proj_channels: int = 48,
+    ):
+        super().__init__()
+        for name, value in (("channels", channels), ("low_proj_channels", low_proj_channels)):
+            _check_positive_int(name, value)
+        self.encoder = ResNet(layers=layers, width=width, output_stride=8)
+        self.aspp = SeparableASPP(self.encoder.out_channels, channels, tuple(rates))
+        self.low_proj = _conv_bn_relu(self.encoder.low_channels, low_proj_channels, kernel_size=1)
+        self.decoder = nn.Sequential(
+            separable_conv(channels + low_proj_channels, channels), separable_conv(channels, channels)
+        )
+        self.out_channels = channels
+        init_conv_bn(self.aspp, self.low_proj, self.decoder)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W] -> [B, channels, ⌈H/4⌉, ⌈W/4⌉]``."""
+        low, out = self.encoder(images)  # [B, 4w, H/4, W/4], [B, 32w, H/8, W/8]
+        high = F.interpolate(self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=True)
+        return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, channels, H/4, W/4]
+
+
 def _check_positive_int(name: str, value: object) -> None:
     """ValueError unless ``value`` is an int (not bool) >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -177,3 +269,8 @@ def deeplabv2_r101() -> DeepLabV2:
 def deeplabv3p_r101() -> DeepLabV3Plus:
     """DeepLab-v3+ on ResNet-101 (encoder output stride 8, ASPP rates 12/24/36, output stride 4)."""
     return DeepLabV3Plus()
+
+
+def deeplabv3p_r101_sep() -> SeparableDeepLabV3Plus:
+    """HALO's released DeepLab-v3+ on ResNet-101 (separable ASPP 6/12/18 and decoder, 512 channels)."""
+    return SeparableDeepLabV3Plus()
