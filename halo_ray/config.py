@@ -68,7 +68,7 @@ class ExperimentConfig:
     strategy: str = "halo"  # one of STRATEGIES
     unit: Literal["region", "pixel"] = "region"  # RA labels squares, PA only centres
     budget: float = 5.0  # total labelled share of target pixels, in percent (0, 100]
-    rounds: int = 5  # selection rounds R
+    rounds: int = 5  # selection rounds R; 0 = source-only (or, with the target as source, fully supervised)
     region_size: int = 3  # odd side of a labelled square (2k+1)
     suppression: int | None = None  # odd side of the suppression window; None = strategy default
     bins: int = 100  # radius quantisation levels K of the HALO boundary score (reference K)
@@ -85,6 +85,7 @@ class ExperimentConfig:
     momentum: float = 0.9
     weight_decay: float = 5.0e-4
     poly_power: float = 0.9  # exponent of the poly learning-rate schedule
+    poly_horizon: int | None = None  # steps over which poly decays; null = the schedule's length (RIPU: 62500, stopped at 40000)
     warmup_steps: int = 0  # linear warm-up of the learning rate over the schedule's first steps
     warmup_start: float = 0.01  # warm-up starts at this fraction of the scheduled rate
     head_lr_mult: float = 1.0  # rate multiplier of everything outside the pretrained encoder (decoder, head)
@@ -99,6 +100,8 @@ class ExperimentConfig:
     class_balanced_source: bool = False  # RIPU's class-balanced source sampling (rare classes drawn more)
     eval_batch_size: int = 16
     eval_flip: bool = False  # evaluate on the mean softmax of each image and its mirror (RIPU/HALO code)
+    eval_every: int = 0  # also validate inside rounds after every N-th global step (HALO: 500); 0 = round ends only
+    keep_best: bool = False  # save the weights of the best validation (best_miou / best_step columns always)
 
     # --- runtime ----------------------------------------------------------------
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
@@ -167,7 +170,9 @@ class ExperimentConfig:
         )
         payload = {k: getattr(self, k) for k in keys}
         # later keys count only away from their defaults, so caches written before they existed stay valid
-        for key, default in (("source_size", None), ("train_flip", True), ("class_balanced_source", False)):
+        for key, default in (
+            ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None)
+        ):
             if getattr(self, key) != default:
                 payload[key] = self.to_dict()[key]
         if self.loop == "continuous":
@@ -241,10 +246,19 @@ def _validate(cfg: ExperimentConfig) -> None:
     _odd("boundary_window", cfg.boundary_window)
     if cfg.suppression is not None:
         _odd("suppression", cfg.suppression)
-    for name in ("rounds", "batch_size", "embed_dim", "eval_batch_size", "log_every"):
+    if cfg.poly_horizon is not None and cfg.poly_horizon < 1:
+        raise ConfigError(
+            f"poly_horizon must be an integer >= 1 or null (the schedule's own length), but got "
+            f"poly_horizon={cfg.poly_horizon}"
+        )
+    if cfg.rounds < 0:
+        raise ConfigError(
+            f"rounds must be an integer >= 0 (0: a source-only run, its round-0 row alone), but got rounds={cfg.rounds}"
+        )
+    for name in ("batch_size", "embed_dim", "eval_batch_size", "log_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be an integer >= 1, but got {name}={getattr(cfg, name)}")
-    for name in ("source_steps", "round_steps", "log_images"):
+    for name in ("source_steps", "round_steps", "log_images", "eval_every"):
         _positive(name, getattr(cfg, name), allow_zero=True)
     for name in ("lr", "poly_power", "head_lr_mult"):
         _positive(name, getattr(cfg, name))
@@ -410,10 +424,38 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML, apply ``--set`` overrides, validate."""
+EXTENDS_KEY = "extends"
+"""Experiment-file key naming a base file (relative to this one) whose values this file overrides."""
+
+
+def read_experiment_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config values of an experiment file, ``extends:`` resolved.
+
+    A variant file (``extends: gtav_to_cityscapes.yaml`` plus the keys it changes) inherits
+    every other key of its base, which may extend another; a cycle or a missing base is an
+    error naming the chain of files.
+    """
     path = Path(path)
-    values = read_yaml_mapping(path)
+    data = read_yaml_mapping(path)
+    base = data.pop(EXTENDS_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {EXTENDS_KEY} must name a base experiment file, but got {base!r}")
+    base_path = (path.parent / base).resolve()
+    chain = (*_chain, path.resolve())
+    if base_path in chain:
+        names = " -> ".join(str(p) for p in (*chain, base_path))
+        raise ConfigError(f"{path}: {EXTENDS_KEY} makes a cycle: {names}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: base experiment file {base_path} does not exist")
+    return {**read_experiment_values(base_path, chain), **data}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML (``extends:`` resolved), apply ``--set`` overrides, validate."""
+    path = Path(path)
+    values = read_experiment_values(path)
     values.update(parse_overrides(overrides or []))
     return build_config(values, origin=str(path))
 
@@ -432,5 +474,6 @@ __all__ = [
     "config_keys",
     "load_config",
     "parse_overrides",
+    "read_experiment_values",
     "read_yaml_mapping",
 ]

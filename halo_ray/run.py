@@ -74,6 +74,13 @@ def checkpoint_path(out_dir: Path, round_index: int) -> Path:
     return out_dir / "checkpoints" / f"round_{round_index:03d}.pt"
 
 
+def best_checkpoint_path(out_dir: Path, step: int) -> Path:
+    """Where ``keep_best`` keeps the weights of the best validation (at global ``step``):
+    ``{format, config, miou, step, round, model}``; the model loads with
+    ``model.load_state_dict(state["model"])``."""
+    return out_dir / "checkpoints" / f"best_step_{step:07d}.pt"
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     found = sorted((out_dir / "checkpoints").glob("round_*.pt"))
     return found[-1] if found else None
@@ -205,6 +212,8 @@ class ActiveLearningRun:
         self.round = 0
         self.step = 0
         self.wall_s = 0.0
+        #: the best validation so far: {"miou", "step", "round"} (None before the first)
+        self.best: dict[str, float | int] | None = None
         self._source_state: dict | None = None
         self._writer = None
         self.last_row: dict | None = None  # the latest round's result row
@@ -277,6 +286,8 @@ class ActiveLearningRun:
         self.round = int(state["round"])
         self.step = int(state["step"])
         self.wall_s = float(state["wall_s"])
+        self.best = state.get("best")  # absent from checkpoints written before best tracking
+        self._prune_best_checkpoints()  # a file of a lost, later timeline goes
         self.last_row = read_round_row(self.results_dir, self.trial_id, self.round)
         self._writer_at(purge_step=self.step + 1)
         self.log(f"resumed from {origin} (round {self.round}, step {self.step})")
@@ -324,9 +335,13 @@ class ActiveLearningRun:
         else:  # continuous: one schedule over source pre-training and all rounds (RIPU)
             start, total = self.step, cfg.total_steps
         progress = ProgressLine(self.log, cfg.log_every, f"round {r}/{cfg.rounds}", total, start)
-        history = self.learner.train(
-            steps, start_step=start, total_steps=total, use_target=True, progress=progress
-        )
+        history: list[tuple[int, float, float]] = []
+        for offset, length in _validation_chunks(self.step, steps, cfg.eval_every):
+            history += self.learner.train(
+                length, start_step=start + offset, total_steps=total, use_target=True, progress=progress
+            )
+            if offset + length < steps:  # a validation inside the round (the round's end has its own)
+                self._validate(self.learner.evaluate(), self.step + offset + length, r)
         writer = self._writer_at(None)
         if writer is not None:
             for step, loss, lr in history:
@@ -411,11 +426,43 @@ class ActiveLearningRun:
             "pool": self.pool.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "wall_s": self.wall_s,
+            "best": self.best,
         }
+
+    def _validate(self, ev: Evaluation, step: int, r: int) -> None:
+        """A validation inside round ``r``: TensorBoard scalars and the best-so-far record."""
+        self._track_best(ev, step, r)
+        writer = self._writer_at(None)
+        if writer is not None:
+            writer.add_scalar("eval/miou", ev.miou, step)
+            writer.add_scalar("eval/pixel_acc", ev.pixel_acc, step)
+        self.log(f"round {r}/{self.cfg.rounds} step {step}: validation mIoU {ev.miou:.2f} "
+                 f"(best {self.best['miou']:.2f} at step {self.best['step']})")
+
+    def _track_best(self, ev: Evaluation, step: int, r: int) -> None:
+        """Record a validation that beats the best so far; with ``keep_best`` save its weights
+        (``checkpoints/best_step_NNNNNNN.pt``, see :func:`best_checkpoint`)."""
+        if self.best is not None and not ev.miou > self.best["miou"]:  # NaN is never best
+            return
+        self.best = {"miou": float(ev.miou), "step": int(step), "round": int(r)}
+        if self.cfg.keep_best:
+            state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), **self.best,
+                     "model": self.learner.model_state()}
+            save_checkpoint(best_checkpoint_path(self.out_dir, step), state)
+
+    def _prune_best_checkpoints(self) -> None:
+        """Delete every best-model file but the recorded best's. Runs once a round checkpoint
+        (or a resume) fixes the record, so a crash never leaves the record without its file;
+        files of a lost timeline (written after the checkpoint resumed from) go too."""
+        keep = None if self.best is None else best_checkpoint_path(self.out_dir, int(self.best["step"]))
+        for path in (self.out_dir / "checkpoints").glob("best_step_*.pt"):
+            if path != keep:
+                path.unlink(missing_ok=True)
 
     def _finish_round(self, ev: Evaluation, t0: float) -> None:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""
         self.wall_s += time.perf_counter() - t0
+        self._track_best(ev, self.step, self.round)
         self.last_row = row = self._row(ev)
         write_round_row(self.results_dir, row)
         writer = self._writer_at(None)
@@ -429,6 +476,7 @@ class ActiveLearningRun:
             f"labelled {row['labelled_pct']:.3f}% | wall {self.wall_s:.1f}s"
         )
         save_checkpoint(checkpoint_path(self.out_dir, self.round), self.checkpoint_state())
+        self._prune_best_checkpoints()
 
     def _row(self, ev: Evaluation) -> dict:
         cfg = self.cfg
@@ -463,6 +511,8 @@ class ActiveLearningRun:
             "reference": cfg.reference,
             "miou": ev.miou,
             "miou13": _finite_or_none(ev.miou13),
+            "best_miou": _finite_or_none(self.best["miou"]) if self.best is not None else None,
+            "best_step": int(self.best["step"]) if self.best is not None else None,
             "pixel_acc": ev.pixel_acc,
             "radius_mean": _finite_or_none(ev.radius_mean),
             "radius_acc_spearman": _finite_or_none(ev.radius_acc_spearman),
@@ -475,6 +525,16 @@ class ActiveLearningRun:
         for column, value in zip(RADIUS_COLUMNS, ev.radius_per_class, strict=True):
             row[column] = _finite_or_none(float(value))
         return row
+
+
+def _validation_chunks(step: int, steps: int, every: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` pieces of a round of ``steps`` steps that begins after global step
+    ``step``, cut after each global step that is a multiple of ``every`` (0: one piece)."""
+    if every <= 0 or steps == 0:
+        return [(0, steps)]
+    cuts = [k - step for k in range((step // every + 1) * every, step + steps, every)]
+    bounds = [0, *cuts, steps]
+    return [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -518,6 +578,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "run_experiment",
+    "best_checkpoint_path",
     "save_checkpoint",
     "snapshot_path",
     "write_snapshot",

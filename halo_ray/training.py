@@ -69,8 +69,11 @@ def poly_lr(base: float, step: int, total: int, power: float) -> float:
 
 
 def scheduled_lr(cfg: ExperimentConfig, step: int, total: int) -> float:
-    """The poly rate, scaled during a linear warm-up from ``warmup_start`` to 1 (HALO: 600 steps from 0.01)."""
-    lr = poly_lr(cfg.lr, step, total, cfg.poly_power)
+    """The poly rate over ``total`` steps (``poly_horizon`` instead when set: RIPU decays over
+    62,500 steps and stops at 40,000), scaled during a linear warm-up from ``warmup_start`` to
+    1 (HALO: 600 steps from 0.01)."""
+    horizon = cfg.poly_horizon if cfg.poly_horizon is not None else total
+    lr = poly_lr(cfg.lr, step, horizon, cfg.poly_power)
     if step < cfg.warmup_steps:
         lr *= cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps
     return lr

@@ -103,3 +103,49 @@ def test_gtav_to_cityscapes_experiment_runs_on_a_tiny_fabricated_dataset(tiny_be
     assert list(frame["round"]) == [0, 1, 2]
     assert (frame["experiment"] == "gtav_to_cityscapes").all() and (frame["strategy"] == "halo_radius").all()
     assert frame["labelled_pct"].iloc[-1] > 0
+
+
+def test_variant_files_extend_the_main_protocol():
+    """Source-only, fully supervised and RIPU variants: each extends gtav_to_cityscapes.yaml
+    and changes only what its protocol changes."""
+    from halo_ray.config import load_config, read_experiment_values
+    from halo_ray.training import scheduled_lr
+
+    main_cfg = load_config(ROOT / "experiments" / "gtav_to_cityscapes.yaml")
+    source_only = load_config(ROOT / "experiments" / "gtav_source_only.yaml")
+    assert source_only.rounds == 0 and source_only.round_lengths() == []
+    assert source_only.source_key() == main_cfg.source_key()  # the very model the main file adapts
+
+    full = load_config(ROOT / "experiments" / "cityscapes_fully_supervised.yaml")
+    assert (full.source, full.target, full.rounds) == ("cityscapes", "cityscapes", 0)
+    assert full.source_root == full.target_root and full.batch_size // full.grad_accum == 2
+
+    ripu = load_config(ROOT / "experiments" / "gtav_to_cityscapes_ripu.yaml")
+    assert (ripu.backbone, ripu.geometry, ripu.strategy, ripu.budget) == ("deeplabv2_r101", "euclidean", "ripu", 2.2)
+    assert ripu.suppression_size == 5 and ripu.loop == "continuous"
+    # selections at global steps 10k..18k, the run stops at 40k of a 62.5k poly horizon
+    starts = [ripu.source_steps + s for s in ripu.select_steps]
+    assert starts == [10000, 12000, 14000, 16000, 18000] and ripu.total_steps == 40000
+    assert scheduled_lr(ripu, 39999, ripu.total_steps) == pytest.approx(2.5e-4 * (1 - 39999 / 62500) ** 0.9)
+    assert scheduled_lr(ripu, 39999, ripu.total_steps) > 0.39 * 2.5e-4  # ≈ 0.40× base at the stop
+    raw = read_experiment_values(ROOT / "experiments" / "gtav_to_cityscapes_ripu.yaml")
+    assert "extends" not in raw and raw["pretrained"] is None  # inherited from the base file
+
+
+def test_extends_errors_name_the_files(tmp_path):
+    from halo_ray.config import ConfigError, load_config
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nrounds: 2\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends makes a cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: extends: base experiment file .*nope\.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: 3\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml: extends must name a base experiment file, but got 3"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("extends: f.yaml\npoly_horizon: 0\n")
+    (tmp_path / "f.yaml").write_text("rounds: 1\n")
+    with pytest.raises(ConfigError, match=r"e\.yaml: poly_horizon must be an integer >= 1 or null"):
+        load_config(tmp_path / "e.yaml")

@@ -432,3 +432,16 @@ def test_optuna_space_per_grid_point_works_with_optuna_search(tmp_path):
     assert set(suggestion) == {"curvature", "bins", "region_size"}
     cfg = space.trial_config({**point, **suggestion})
     assert cfg.seed == 1 and 0.1 <= cfg.curvature <= 2.0 and 8 <= cfg.bins <= 128
+
+
+def test_a_space_over_a_variant_file_resolves_its_extends(tmp_path):
+    """An experiment file that extends another (relative to itself) gives the space its
+    inherited values, overridden by its own."""
+    (tmp_path / "exps").mkdir()
+    (tmp_path / "exps" / "base.yaml").write_text(SYNTHETIC.read_text())
+    (tmp_path / "exps" / "variant.yaml").write_text("extends: base.yaml\nbudget: 2.5\nrounds: 3\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("experiment: exps/variant.yaml\n" + GRID)
+    base = load_search_space(path).base_config()
+    assert (base.budget, base.rounds) == (2.5, 3)
+    assert base.embed_dim == load_search_space(write_space(tmp_path, GRID, "plain.yaml")).base_config().embed_dim

@@ -56,6 +56,7 @@ from halo_ray.config import (
     ExperimentConfig,
     build_config,
     config_keys,
+    read_experiment_values,
     read_yaml_mapping,
 )
 from halo_ray.results import RESULT_COLUMNS, RESULT_SCHEMA
@@ -587,7 +588,7 @@ def load_search_space(path: str | Path, overrides: Mapping[str, Any] | None = No
     max_concurrent = _parse_int(data, path, "max_concurrent_trials", None, minimum=1)
 
     try:
-        base_values = {**read_yaml_mapping(experiment), **fixed}
+        base_values = {**read_experiment_values(experiment), **fixed}
     except ConfigError as err:
         raise SearchSpaceError(f"{path}: experiment {data['experiment']!r}: {err}") from None
     try:

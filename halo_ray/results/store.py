@@ -63,6 +63,8 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("reference", pa.bool_()),
     ("miou", pa.float64()),
     ("miou13", pa.float64()),
+    ("best_miou", pa.float64()),
+    ("best_step", pa.int64()),
     ("pixel_acc", pa.float64()),
     *[(c, pa.float64()) for c in IOU_COLUMNS],
     ("radius_mean", pa.float64()),
