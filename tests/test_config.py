@@ -46,7 +46,7 @@ def test_overrides_are_typed_and_applied(tmp_path):
         ("suppression", 10, "suppression=10"),
         ("strategy", "bald", "strategy must be one of"),
         ("unit", "superpixel", "unit must be one of ['region', 'pixel']"),
-        ("rounds", 0, "rounds=0"),
+        ("rounds", -1, "rounds=-1"),
     ],
 )
 def test_impossible_values_are_refused_naming_key_and_value(key, value, expected):
