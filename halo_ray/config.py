@@ -81,8 +81,9 @@ class ExperimentConfig:
     round_steps: int = 100  # training steps after each selection round (rounds × round_steps in all)
     select_steps: tuple[int, ...] | None = None  # adaptation steps where rounds select (first 0); null = every round_steps
     batch_size: int = 8  # source images per step (and labelled target images per step)
-    lr: float = 0.01  # base learning rate (SGD, poly decay)
-    momentum: float = 0.9
+    lr: float = 0.01  # base learning rate (poly decay)
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum (DeepLab runs) or AdamW (SegFormer runs)
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5.0e-4
     poly_power: float = 0.9  # exponent of the poly learning-rate schedule
     poly_horizon: int | None = None  # steps over which poly decays; null = the schedule's length (RIPU: 62500, stopped at 40000)
@@ -171,7 +172,8 @@ class ExperimentConfig:
         payload = {k: getattr(self, k) for k in keys}
         # later keys count only away from their defaults, so caches written before they existed stay valid
         for key, default in (
-            ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None)
+            ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None),
+            ("optimizer", "sgd"),
         ):
             if getattr(self, key) != default:
                 payload[key] = self.to_dict()[key]

@@ -621,7 +621,9 @@ class Trainer:
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
-        """SGD; with ``head_lr_mult`` ≠ 1 the encoder and the rest are two groups (``lr_mult`` each)."""
+        """SGD with momentum, or AdamW (``optimizer``); with ``head_lr_mult`` ≠ 1 the encoder and
+        the rest are two groups (``lr_mult`` each). Weight decay applies to every parameter, as
+        in both reference codes."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups: list[dict] = [{"params": params, "lr_mult": 1.0}]
         if self.cfg.head_lr_mult != 1.0:
@@ -631,6 +633,8 @@ class Trainer:
                 {"params": [p for p in params if id(p) in inside], "lr_mult": 1.0},
                 {"params": [p for p in params if id(p) not in inside], "lr_mult": self.cfg.head_lr_mult},
             ]
+        if self.cfg.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
 
     def _autocast(self):

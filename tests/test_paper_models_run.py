@@ -149,3 +149,15 @@ def test_extends_errors_name_the_files(tmp_path):
     (tmp_path / "f.yaml").write_text("rounds: 1\n")
     with pytest.raises(ConfigError, match=r"e\.yaml: poly_horizon must be an integer >= 1 or null"):
         load_config(tmp_path / "e.yaml")
+
+
+def test_segformer_acdc_file_is_halos_adamw_recipe():
+    from halo_ray.config import load_config
+
+    cfg = load_config(ROOT / "experiments" / "cityscapes_to_acdc_segformer.yaml")
+    base = load_config(ROOT / "experiments" / "cityscapes_to_acdc.yaml")
+    assert (cfg.backbone, cfg.optimizer, cfg.lr, cfg.head_lr_mult, cfg.weight_decay) == ("mit_b4", "adamw", 6e-5, 10.0, 0.01)
+    assert (cfg.warmup_steps, cfg.poly_power, cfg.hfr, cfg.embed_dim) == (1000, 0.5, False, 768)
+    assert cfg.rounds * cfg.round_steps == 7500 and cfg.select_steps == (0, 1875, 3750, 5000, 6250)
+    assert cfg.target_conditions == base.target_conditions == ("fog", "night", "rain", "snow")
+    assert cfg.source_key() != base.source_key()  # its own source model

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from halo_ray.config import build_config
+from halo_ray.config import ConfigError, build_config
 from halo_ray.run import run_experiment
 from halo_ray.training import (
     confusion_matrix,
@@ -336,3 +336,30 @@ def test_select_steps_place_the_rounds(tiny_config_values, tmp_path):
     for bad in ([0, 5], [1, 5, 7], [0, 7, 5], [0, 5, 12]):
         with pytest.raises(ConfigError, match="select_steps must list rounds=3 strictly increasing"):
             build_config({**values, "select_steps": bad})
+
+
+def test_adamw_first_step_moves_each_weight_by_its_group_rate():
+    """AdamW's first step is p ← p·(1 − lr·wd) − lr·g/(|g| + eps): every weight moves by at
+    most its group's rate (encoder lr, the rest head_lr_mult × lr) beyond the decay, and
+    weights with a clear gradient by almost exactly that much — unlike SGD's lr·g."""
+    from halo_ray.models import find_encoder
+    from halo_ray.training import Trainer
+
+    lr, wd = 1e-3, 0.01
+    cfg = build_config(dict(backbone="mit_b0", optimizer="adamw", lr=lr, weight_decay=wd, head_lr_mult=10.0,
+                            embed_dim=8, batch_size=2, num_threads=1, device="cpu", warmup_steps=0))
+    trainer = Trainer(cfg, 19, torch.device("cpu"))
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert [g["lr_mult"] for g in trainer.optimizer.param_groups] == [1.0, 10.0]
+    _, encoder = find_encoder(trainer.model)
+    inside = {id(p) for p in encoder.parameters()}
+    before = {id(p): p.detach().clone() for p in trainer.model.parameters()}
+    trainer.train(1, source=_tensor_set(2, 0, 64, 64), generator=torch.Generator().manual_seed(0),
+                  start_step=0, total_steps=10)
+    for rate, params in ((lr, [p for p in trainer.model.parameters() if id(p) in inside]),
+                         (10 * lr, [p for p in trainer.model.parameters() if id(p) not in inside])):
+        moves = torch.cat([(p.detach() - before[id(p)] * (1 - rate * wd)).abs().flatten() for p in params])
+        assert moves.max() <= rate * (1 + 1e-3)  # float32 rounding of p around 1
+        assert (moves > 0.99 * rate).float().mean() > 0.5  # most weights: a full signed step
+    with pytest.raises(ConfigError, match="optimizer"):
+        build_config(dict(optimizer="adam"))
