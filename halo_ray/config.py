@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 #: (another node, more cores), and two trials that differ only in them are the same experiment.
 #: Decoding and prefetching never change a number; another device or thread count may change
 #: floating-point rounding (as it does between two machines).
-RUNTIME_KEYS: frozenset[str] = frozenset({"device", "num_threads", "decode_workers", "prefetch"})
+RUNTIME_KEYS: frozenset[str] = frozenset({"device", "num_threads", "decode_workers", "prefetch", "deterministic"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class ExperimentConfig:
     num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
     decode_workers: int = 4  # threads decoding and resizing one batch's images (PIL releases the GIL)
     prefetch: bool = True  # decode the next step's images while this step trains (same results)
+    deterministic: bool = False  # deterministic CUDA kernels: runs and resumes repeat bit for bit on a GPU too
     source_cache: str = "runs/cache"  # where source pre-trained checkpoints are shared
     log_every: int = 25  # progress line / loss scalar every N steps
     log_images: int = 2  # target images whose radius/selection maps go to TensorBoard

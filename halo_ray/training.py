@@ -13,6 +13,7 @@ predictions to each label's native size in pieces of bounded memory.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} was asked for but torch sees no CUDA device")
     return device
+
+
+def use_deterministic_kernels() -> None:
+    """Make CUDA arithmetic repeat bit for bit (``deterministic: true``), for this process.
+
+    By default cuBLAS, cuDNN and atomic-add kernels order their sums differently from run to
+    run, so two CUDA runs of one config (or a run and its resume) drift apart in the last
+    bits, then in their selections. This picks deterministic kernels and cuBLAS workspaces
+    (set before the first cuBLAS call of the process, as a trial's fresh learner process does).
+    Ops without a deterministic CUDA kernel only warn (``warn_only``): on an H100 those were
+    the evaluation's ``bincount`` and the loss value's forward reduction, and two runs were
+    still identical. On the CPU, runs are deterministic anyway.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -602,6 +620,8 @@ class Trainer:
             self.trained_classes[list(SYNTHIA_ABSENT_TRAIN_IDS)] = False
         if cfg.amp and self.device.type != "cuda":
             raise ConfigError(f"amp=true needs a CUDA device (bfloat16 autocast), but the run is on {self.device}")
+        if cfg.deterministic:
+            use_deterministic_kernels()
         torch.manual_seed(cfg.seed)
         model = build_segmenter(
             backbone=cfg.backbone,

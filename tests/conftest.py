@@ -32,7 +32,14 @@ def tiny_values(data_root, source_cache) -> dict:
         experiment="tiny", seed=3, data_root=str(data_root), generate_data=False,
         source_steps=20, round_steps=6, rounds=3, batch_size=2, eval_batch_size=4, budget=6.0,
         embed_dim=16, log_every=5, log_images=1, source_cache=str(source_cache), num_threads=1,
+        deterministic=_cuda_available(),  # on a GPU, tests that compare two runs need repeatable kernels
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -363,3 +364,21 @@ def test_adamw_first_step_moves_each_weight_by_its_group_rate():
         assert (moves > 0.99 * rate).float().mean() > 0.5  # most weights: a full signed step
     with pytest.raises(ConfigError, match="optimizer"):
         build_config(dict(optimizer="adam"))
+
+
+def test_deterministic_key_selects_deterministic_kernels_for_the_process():
+    from halo_ray.training import Trainer
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    try:
+        torch.use_deterministic_algorithms(False)
+        _trainer()
+        assert not torch.are_deterministic_algorithms_enabled()  # off by default
+        Trainer(build_config(dict(embed_dim=8, device="cpu", deterministic=True)), 19, torch.device("cpu"))
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]

@@ -39,7 +39,7 @@ PAIRING_IGNORED_KEYS: frozenset[str] = frozenset(
         "seed", "strategy",  # what a pair varies / matches explicitly
         "experiment",  # a label; two experiment files with one config still pair
         "data_root", "source_root", "target_root", "source_cache", "generate_data",  # paths
-        "device", "num_threads", "decode_workers", "prefetch",  # runtime (config.RUNTIME_KEYS)
+        "device", "num_threads", "decode_workers", "prefetch", "deterministic",  # config.RUNTIME_KEYS
         "eval_batch_size", "log_every", "log_images",  # evaluation batching, logging
     }
 )
