@@ -518,8 +518,9 @@ def test_runtime_keys_may_change_on_resume(tiny_config_values, tmp_path):
     with pytest.raises(ConfigError, match="different config.*budget"):  # a key that changes results
         run_experiment(build_config({**values, "budget": 7.0}), tmp_path / "cut", resume=True, log=_quiet,
                        tensorboard=False)
-    changed = build_config({**values, "decode_workers": 3, "prefetch": True, "device": "cpu"})
-    assert build_config({**values, "num_threads": 2}).run_id() == build_config(values).run_id()
+    changed = build_config({**values, "decode_workers": 3, "prefetch": True})
+    for runtime in ({"num_threads": 2}, {"device": "cpu"}, {"deterministic": not values["deterministic"]}):
+        assert build_config({**values, **runtime}).run_id() == build_config(values).run_id()
     assert changed.run_id() == build_config(values).run_id()
     resumed = run_experiment(changed, tmp_path / "cut", resume=True, log=_quiet, tensorboard=False)
     cols = ["round", "miou", "labelled_pixels"]
