@@ -246,3 +246,14 @@ def test_missing_column_is_named(table, dropped, search):
 def test_duplicate_trial_rounds_are_refused(search):
     with pytest.raises(AnalysisError, match="more than one row"):
         strategy_table(pd.concat([search, search.iloc[:1]]))
+
+
+def test_strategy_table_adds_the_best_validation_when_every_trial_has_one(tmp_path, search):
+    assert "best_miou_mean" not in strategy_table(search)  # results without the column
+    for seed, best in enumerate([55.0, 56.0, 60.0]):
+        write_round_row(tmp_path / "b", make_row(f"h{seed}", 0, rounds=0, miou=50.0, best_miou=best, seed=seed,
+                                                    labelled_pct=0.0))
+    table = strategy_table(read_back(tmp_path / "b")).set_index(["strategy", "budget"])
+    halo = table.loc[("halo", 5.0)]
+    assert halo["best_miou_mean"] == pytest.approx(57.0) and halo["best_miou_std"] == pytest.approx(math.sqrt(7.0))
+    assert halo["miou_mean"] == pytest.approx(50.0) and halo["n_seeds"] == 3

@@ -146,10 +146,17 @@ def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
 
     ``n_seeds`` counts complete trials (one per seed in a strategy × budget × seed search);
     when a search also varies other keys use :func:`ablation_table` to keep them apart.
+    When every final row has a best validation (``best_miou``; results written before that
+    column lack it), ``best_miou_mean`` / ``best_miou_std`` follow: the papers' protocol
+    reports the best validated checkpoint, ``miou`` is the last model's.
     """
     final = final_rows(frame)
-    out = _mean_std_n(final.groupby(_GROUP, sort=True)["miou"], "miou")
-    return out.rename(columns={"n": "n_seeds"}).reset_index()
+    grouped = final.groupby(_GROUP, sort=True)
+    out = _mean_std_n(grouped["miou"], "miou").rename(columns={"n": "n_seeds"})
+    if "best_miou" in final and len(final) and final["best_miou"].notna().all():
+        best = _mean_std_n(grouped["best_miou"], "best_miou").drop(columns="n")
+        out = out.join(best)
+    return out.reset_index()
 
 
 def pairing_key(config_json: str, *, trial_id: str = "?") -> str:
