@@ -147,7 +147,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     try:
         report = check_dataset(
             args.root, args.layout, split=args.split, conditions=args.conditions, workers=args.workers,
-            progress=progress, verify_images=args.verify_images,
+            progress=progress, verify_images=args.verify_images, void_ids=args.void_ids,
         )
     except ValueError as err:  # a bad argument (DatasetError, a missing root, is caught by main)
         raise UsageError(str(err)) from None
@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, help="decoding processes (default: one per CPU; 1: no pool)")
     check.add_argument(
         "--verify-images", action="store_true", help="check every chunk of every image (slower; default: header and end)"
+    )
+    check.add_argument(
+        "--void-ids", type=int, nargs="+", default=[], metavar="ID",
+        help="label values (not labelIds 0..33) that mean void in this dataset, as the void_label_ids config key",
     )
     check.set_defaults(func=cmd_data_check)
     return parser

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from halo_ray.acquisition import HYPERBOLIC_STRATEGIES, STRATEGIES
+from halo_ray.data.labels import check_void_ids
 from halo_ray.models import BACKBONES
 
 
@@ -48,6 +49,7 @@ class ExperimentConfig:
     source_root: str | None = None  # overrides <data_root>/<source> (real datasets)
     target_root: str | None = None  # overrides <data_root>/<target>
     target_conditions: tuple[str, ...] = ("fog", "night", "rain")  # ACDC conditions
+    void_label_ids: tuple[int, ...] = ()  # extra labelId-file values that mean void (not 0..33, e.g. [255]); default none
     generate_data: bool = True  # write the embedded benchmark into data_root if it is missing
     data_seed: int = 0  # seed of the embedded benchmark generator
     source_size: tuple[int, ...] | None = None  # [W, H] network input for source images; null = native (papers: 1280x720)
@@ -148,7 +150,7 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (tuples become lists)."""
         out = dataclasses.asdict(self)
-        for key in ("target_conditions", "source_size", "target_size", "select_steps"):
+        for key in ("target_conditions", "source_size", "target_size", "select_steps", "void_label_ids"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -174,7 +176,7 @@ class ExperimentConfig:
         # later keys count only away from their defaults, so caches written before they existed stay valid
         for key, default in (
             ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None),
-            ("optimizer", "sgd"),
+            ("optimizer", "sgd"), ("void_label_ids", ()),
         ):
             if getattr(self, key) != default:
                 payload[key] = self.to_dict()[key]
@@ -249,6 +251,10 @@ def _validate(cfg: ExperimentConfig) -> None:
     _odd("boundary_window", cfg.boundary_window)
     if cfg.suppression is not None:
         _odd("suppression", cfg.suppression)
+    try:
+        check_void_ids(cfg.void_label_ids)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if cfg.poly_horizon is not None and cfg.poly_horizon < 1:
         raise ConfigError(
             f"poly_horizon must be an integer >= 1 or null (the schedule's own length), but got "

@@ -61,9 +61,12 @@ def ensure_data(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
 def open_split(cfg: ExperimentConfig, which: str) -> SegmentationDataset:
     """The lazy reader of one of the run's sets: ``source``, ``train`` or ``val`` (target)."""
     if which == "source":
-        return open_dataset(cfg.source, cfg.source_path, split="train" if cfg.source == "cityscapes" else None)
+        source_kw = {"void_ids": cfg.void_label_ids} if cfg.source != "synthia" else {}
+        return open_dataset(
+            cfg.source, cfg.source_path, split="train" if cfg.source == "cityscapes" else None, **source_kw
+        )
     target_kw = {"conditions": cfg.target_conditions} if cfg.target == "acdc" else {}
-    target = open_dataset(cfg.target, cfg.target_path, split=which, **target_kw)
+    target = open_dataset(cfg.target, cfg.target_path, split=which, void_ids=cfg.void_label_ids, **target_kw)
     # SYNTHIA lacks terrain, truck and train: a SYNTHIA-source run ignores them in the target too
     return SynthiaClassesView(target) if cfg.source == "synthia" else target
 

@@ -151,7 +151,8 @@ def test_gtav_defects_each_reported_in_the_right_list(broken_gtav):
     ]
     assert p[ProblemKind.IDS_OUTSIDE_MAP] == [
         f"label ids outside the map: {files[4][1]}: value(s) 40 (2 px), 255 (1 px) are not "
-        "Cityscapes labelIds (expected 0..33)"
+        "Cityscapes labelIds (expected 0..33; values that mean void in this dataset go in --void-ids / "
+        "void_label_ids)"
     ]
     (unreadable_image,) = p[ProblemKind.UNREADABLE_IMAGE]
     assert str(files[5][0]) in unreadable_image and "truncated" in unreadable_image
@@ -165,6 +166,21 @@ def test_gtav_defects_each_reported_in_the_right_list(broken_gtav):
         report.class_pixels.tolist()
         == _expected_pixels({0: 2 * 20 + 32 + 57 + 60, 13: 2 * 30, 255: 2 * 10}).tolist()
     )
+
+
+def test_void_ids_count_as_void_and_the_rest_stays_an_error(broken_gtav):
+    """--void-ids 255: the 255 pixel is void (counted), 40 is still outside the map; a
+    labelId among the void ids is refused (it would erase a class)."""
+    root, files, _ = broken_gtav
+    report = check_dataset(root, "gtav", workers=1, void_ids=[255])
+    (message,) = report.problems[ProblemKind.IDS_OUTSIDE_MAP]
+    assert f"{files[4][1]}: value(s) 40 (2 px) are not" in message and "255" not in message.split("(expected")[0]
+    plain = check_dataset(root, "gtav", workers=1)
+    assert report.class_pixels[-1] == plain.class_pixels[-1] + 1  # the void bin gained the 255 pixel
+    with pytest.raises(ValueError, match=r"void_ids must not name Cityscapes labelIds 0..33 .* \[7\]"):
+        check_dataset(root, "gtav", workers=1, void_ids=[7])
+    with pytest.raises(ValueError, match="not to synthia"):
+        check_dataset(root, "synthia", workers=1, void_ids=[255])
 
 
 def test_synthia_defects(tmp_path):

@@ -313,3 +313,49 @@ def test_gtav_missing_label_and_missing_folder(tmp_path):
     (tmp_path / "labels").mkdir()
     with pytest.raises(DatasetError, match=rf"image {img} has no label file: expected {lbl}"):
         GTAVDataset(tmp_path)
+
+
+def test_void_ids_read_named_values_as_void_in_every_labelid_layout(tmp_path):
+    """A dataset that stores void as 255 (or 34) reads with void_ids naming them: those
+    pixels become the ignore index; any other unknown value still fails naming the file, and
+    the message without void_ids points at the key."""
+    img, lbl = gtav_files(tmp_path / "gtav", 1)
+    _write(img, _rgb(8, 12))
+    label = np.full((8, 12), 7, np.uint8)
+    label[0, :4], label[1, :2] = 255, 34
+    _write(lbl, label, palette=True)
+    with pytest.raises(DatasetError, match=r"255 \(4 px\), 34 \(2 px\)|34 \(2 px\), 255 \(4 px\)") as info:
+        GTAVDataset(tmp_path / "gtav")[0]
+    assert "list them in void_label_ids" in str(info.value)
+    read = GTAVDataset(tmp_path / "gtav", void_ids=[255, 34]).load_label(0)
+    assert (read[0, :4] == 255).all() and (read[1, :2] == 255).all() and (read[2:] == 0).all()
+    with pytest.raises(DatasetError, match=r"label value\(s\) 34 \(2 px\)"):
+        GTAVDataset(tmp_path / "gtav", void_ids=[255]).load_label(0)
+
+    _cityscapes(tmp_path / "cs", label_value=255)
+    assert (CityscapesDataset(tmp_path / "cs", "train", void_ids=(255,)).load_label(0) == 255).all()
+    with pytest.raises(ValueError, match=r"void_ids must not name Cityscapes labelIds 0..33 .*\[7\]"):
+        CityscapesDataset(tmp_path / "cs", "train", void_ids=(7, 255))
+
+
+def test_void_label_ids_config_key_reaches_every_reader_of_a_run(tmp_path):
+    from halo_ray.config import ConfigError, build_config
+    from halo_ray.learner import open_split
+
+    img, lbl = gtav_files(tmp_path / "gtav", 1)
+    _write(img, _rgb(8, 12))
+    _write(lbl, np.full((8, 12), 255, np.uint8), palette=True)
+    _cityscapes(tmp_path / "cityscapes", label_value=255)
+    image, label = cityscapes_files(tmp_path / "cityscapes", "val", "lindau", 5, 19)
+    _write(image, _rgb(seed=5))
+    _write(label, np.full((8, 12), 255, np.uint8))
+    cfg = build_config(dict(data_root=str(tmp_path), generate_data=False, void_label_ids=[255]))
+    assert cfg.to_dict()["void_label_ids"] == [255]
+    for which in ("source", "train", "val"):
+        assert (open_split(cfg, which).load_label(0) == 255).all(), which
+    with pytest.raises(ConfigError, match=r"void_label_ids must not name Cityscapes labelIds 0..33"):
+        build_config(dict(void_label_ids=[0]))
+    with pytest.raises(ConfigError, match=r"void_label_ids must be integers 0..255"):
+        build_config(dict(void_label_ids=[256]))
+    assert build_config(dict(void_label_ids=[])).source_key() == build_config({}).source_key()
+    assert build_config(dict(void_label_ids=[255])).source_key() != build_config({}).source_key()

@@ -44,9 +44,10 @@ from halo_ray.data.labels import (
     CITYSCAPES_CLASSES,
     IGNORE_INDEX,
     INVALID_TRAIN_ID,
-    LABEL_ID_TO_TRAIN_ID,
     NUM_CLASSES,
     NUM_LABEL_IDS,
+    check_void_ids,
+    label_id_lut,
 )
 from halo_ray.data.layouts import (
     _ACDC_IMAGE_SUFFIX,
@@ -166,6 +167,7 @@ class _Item(NamedTuple):
     label: str | None
     label_format: str  # "labelids" (Cityscapes ids, PIL) | "synthia" (SYNTHIA ids, png16)
     mismatch_is_error: bool
+    void_ids: tuple[int, ...] = ()  # extra labelId values read as void (``--void-ids``)
 
 
 @dataclass
@@ -321,7 +323,9 @@ def _groups(
     return groups
 
 
-def _pair(groups: list[_Group], layout: str, report: CheckReport) -> list[_Item]:
+def _pair(
+    groups: list[_Group], layout: str, report: CheckReport, void_ids: tuple[int, ...] = ()
+) -> list[_Item]:
     """Items to check; images without labels and labels without images become errors."""
     label_format = "synthia" if layout == "synthia" else "labelids"
     mismatch_is_error = layout != "gtav"
@@ -355,6 +359,7 @@ def _pair(groups: list[_Group], layout: str, report: CheckReport) -> list[_Item]
                     None if lbl is None else str(lbl),
                     label_format,
                     mismatch_is_error,
+                    void_ids,
                 )
             )
     return items
@@ -402,7 +407,8 @@ def _label_histogram(ids: np.ndarray, lut: np.ndarray, n_ids: int) -> tuple[np.n
     hist = np.bincount(flat, minlength=n_ids)  # [max(id)+1] pixels per stored id
     values = np.arange(hist.size)
     train = np.full(hist.size, INVALID_TRAIN_ID, dtype=np.int64)
-    train[:n_ids] = lut[:n_ids]
+    mapped = min(hist.size, lut.size)  # stored ids the map covers (extra void ids may lie above n_ids)
+    train[:mapped] = lut[:mapped]
     bad = (train == INVALID_TRAIN_ID) & (hist > 0)
     ok = (train != INVALID_TRAIN_ID) & (hist > 0)
     bins = np.where(train[ok] == IGNORE_INDEX, VOID_BIN, train[ok])
@@ -447,7 +453,7 @@ def _check_item(item: _Item, verify_images: bool) -> tuple[list[_Issue], np.ndar
     if item.label_format == "synthia":
         lut, n_ids, what = SYNTHIA_ID_TO_TRAIN_ID, NUM_SYNTHIA_IDS, "SYNTHIA class ids"
     else:
-        lut, n_ids, what = LABEL_ID_TO_TRAIN_ID, NUM_LABEL_IDS, "Cityscapes labelIds"
+        lut, n_ids, what = label_id_lut(item.void_ids), NUM_LABEL_IDS, "Cityscapes labelIds"
     classes, bad = _label_histogram(ids, lut, n_ids)
     if len(bad):
         listed = ", ".join(f"{v} ({c} px)" for v, c in bad[:8].tolist())
@@ -456,7 +462,9 @@ def _check_item(item: _Item, verify_images: bool) -> tuple[list[_Issue], np.ndar
             (
                 "error",
                 ProblemKind.IDS_OUTSIDE_MAP,
-                f"{item.label}: value(s) {listed}{more} are not {what} (expected 0..{n_ids - 1})",
+                f"{item.label}: value(s) {listed}{more} are not {what} (expected 0..{n_ids - 1}"
+                + ("; values that mean void in this dataset go in --void-ids / void_label_ids)"
+                   if item.label_format == "labelids" else ")"),
             )
         )
     if image_hw is not None and ids.shape != image_hw:
@@ -518,6 +526,7 @@ def check_dataset(
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     verify_images: bool = False,
+    void_ids: Sequence[int] = (),
 ) -> CheckReport:
     """Scan the dataset at ``root`` in ``layout`` and report every problem found.
 
@@ -527,6 +536,8 @@ def check_dataset(
     ``workers``: processes decoding in parallel (None = one per CPU, 1 = in this process).
     ``progress(done, total)`` is called after each file pair. ``verify_images`` checks the
     CRC of every chunk of every PNG image (reads all image bytes; default: header and end).
+    ``void_ids``: extra labelId values that mean void in this dataset (the ``void_label_ids``
+    config key); they are counted as void, not reported (not for SYNTHIA).
     Raises DatasetError when ``root`` is missing or holds none of the layout's folders,
     ValueError for a bad argument; every other problem goes into the report.
     """
@@ -539,11 +550,14 @@ def check_dataset(
         )
     splits = _check_split(split, key)
     n_workers = _check_workers(workers)
+    extra_void = check_void_ids(void_ids, name="void_ids")
+    if extra_void and key == "synthia":
+        raise ValueError("void_ids apply to labelId layouts (gtav, cityscapes, acdc), not to synthia")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be None or a callable (done, total), but got {progress!r}")
     root = Path(root)
     report = CheckReport(root=str(root), layout=key)
-    items = _pair(_groups(key, root, splits, conditions, report), key, report)
+    items = _pair(_groups(key, root, splits, conditions, report), key, report, extra_void)
     total = len(items)
     for done, (issues, classes) in enumerate(_results(items, n_workers, verify_images), start=1):
         for severity, kind, message in issues:

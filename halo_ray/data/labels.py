@@ -13,10 +13,17 @@ In particular **255 is rejected**: cityscapesScripts never draws the license pla
 in a "labelIds" file almost always means the user pointed the reader at
 ``*_labelTrainIds.png`` files (0..18 + 255), which would otherwise be silently
 misread (trainId 7 "traffic sign" would become labelId 7 "road").
+
+A dataset that stores void under other values (a converted copy that writes 255 for
+"unlabelled", say) names them explicitly: ``void_ids`` (the ``void_label_ids`` config key,
+``halo-ray data check --void-ids``) maps exactly those values to :data:`IGNORE_INDEX`. They
+may not be official labelIds, so a typo cannot silently erase a class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +33,8 @@ __all__ = [
     "CITYSCAPES_LABELS",
     "IGNORE_INDEX",
     "INVALID_TRAIN_ID",
+    "check_void_ids",
+    "label_id_lut",
     "LABEL_ID_PALETTE",
     "LABEL_ID_TO_TRAIN_ID",
     "LabelError",
@@ -148,14 +157,42 @@ def _describe_bad(values: np.ndarray, counts: np.ndarray, limit: int = 8) -> str
     return ", ".join(parts) + more
 
 
-def to_train_ids(label_ids: np.ndarray, *, source: str) -> np.ndarray:
+def check_void_ids(void_ids: Iterable[object], *, name: str = "void_label_ids") -> tuple[int, ...]:
+    """Validated, sorted extra void values: integers 0..255 that are not official labelIds."""
+    values = tuple(void_ids)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | np.integer) or not 0 <= v <= 255]
+    if bad:
+        raise ValueError(f"{name} must be integers 0..255, but got {name}={list(values)!r}")
+    official = sorted(int(v) for v in values if v < NUM_LABEL_IDS)
+    if official:
+        raise ValueError(
+            f"{name} must not name Cityscapes labelIds 0..{NUM_LABEL_IDS - 1} (it would erase their classes), "
+            f"but got {official}"
+        )
+    return tuple(sorted({int(v) for v in values}))
+
+
+@lru_cache(maxsize=16)
+def label_id_lut(void_ids: tuple[int, ...] = ()) -> np.ndarray:
+    """:data:`LABEL_ID_TO_TRAIN_ID` with ``void_ids`` (checked extra void values) mapped to
+    :data:`IGNORE_INDEX`; read-only ``[256]``."""
+    if not void_ids:
+        return LABEL_ID_TO_TRAIN_ID
+    lut = LABEL_ID_TO_TRAIN_ID.copy()
+    lut[list(void_ids)] = IGNORE_INDEX
+    lut.setflags(write=False)
+    return lut
+
+
+def to_train_ids(label_ids: np.ndarray, *, source: str, void_ids: tuple[int, ...] = ()) -> np.ndarray:
     """Map a Cityscapes labelId map to trainIds (0..18, :data:`IGNORE_INDEX` for void).
 
     ``source`` names where the map came from (a file path, "generator", …) so a bad value
-    can be traced. Raises :class:`LabelError` naming the source and the offending values
-    when any value is not an official labelId 0..33 (see the module docstring for why 255
-    is rejected).
+    can be traced. ``void_ids`` (from :func:`check_void_ids`) are extra values read as void.
+    Raises :class:`LabelError` naming the source and the offending values when any other
+    value is not an official labelId 0..33 (see the module docstring for why 255 is rejected).
     """
+    lut = label_id_lut(tuple(void_ids))
     arr = np.asarray(label_ids)
     if arr.dtype.kind not in "iub":
         raise LabelError(
@@ -163,7 +200,7 @@ def to_train_ids(label_ids: np.ndarray, *, source: str) -> np.ndarray:
             f"but got dtype {arr.dtype}"
         )
     if arr.dtype == np.uint8:
-        out = LABEL_ID_TO_TRAIN_ID[arr]
+        out = lut[arr]
         bad_mask = out == INVALID_TRAIN_ID
         if not bad_mask.any():
             return out
@@ -171,14 +208,15 @@ def to_train_ids(label_ids: np.ndarray, *, source: str) -> np.ndarray:
     else:
         wide = arr.astype(np.int64)
         in_range = (wide >= 0) & (wide < 256)
-        out = LABEL_ID_TO_TRAIN_ID[np.where(in_range, wide, 255)]
+        out = lut[np.where(in_range, wide, 255)]
         bad_mask = ~in_range | (out == INVALID_TRAIN_ID)
         if not bad_mask.any():
             return out
         values, counts = np.unique(wide[bad_mask], return_counts=True)
     raise LabelError(
         f"{source}: label value(s) {_describe_bad(values, counts)} are not Cityscapes labelIds "
-        f"(expected 0..{NUM_LABEL_IDS - 1}; a file of trainIds 0..18/255 is not a labelIds file)"
+        f"(expected 0..{NUM_LABEL_IDS - 1}; a file of trainIds 0..18/255 is not a labelIds file; if this "
+        f"dataset stores void as such values, list them in void_label_ids)"
     )
 
 

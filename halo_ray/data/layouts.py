@@ -39,6 +39,7 @@ from halo_ray.data.labels import (
     CITYSCAPES_CLASSES,
     NUM_CLASSES,
     LabelError,
+    check_void_ids,
     to_train_ids,
 )
 from halo_ray.data.png16 import PNG_SIGNATURE, PngError, decode_png, read_png_header
@@ -301,9 +302,13 @@ class SegmentationDataset:
     label_train_ids: ClassVar[tuple[int, ...]] = tuple(range(NUM_CLASSES))
     resize_mismatched_labels: ClassVar[bool] = False  # GTAV only: fix known size mismatches
 
-    def __init__(self, root: Path, pairs: Sequence[tuple[Path, Path]], *, size: Any = None) -> None:
+    def __init__(
+        self, root: Path, pairs: Sequence[tuple[Path, Path]], *, size: Any = None, void_ids: Sequence[int] = ()
+    ) -> None:
         self.root = Path(root)
         self.size = _check_size(size)
+        #: extra label values read as void (see :func:`~halo_ray.data.labels.check_void_ids`)
+        self.void_ids = check_void_ids(void_ids, name="void_ids")
         ordered = sorted(pairs, key=lambda p: p[0].relative_to(self.root).as_posix())
         self._images = [p[0] for p in ordered]
         self._labels = [p[1] for p in ordered]
@@ -334,7 +339,7 @@ class SegmentationDataset:
         """trainIds ``[H, W]`` uint8 of one label file; the one place layouts differ in labels."""
         raw = _read_label_ids(path)
         try:
-            return to_train_ids(raw, source=str(path))
+            return to_train_ids(raw, source=str(path), void_ids=self.void_ids)
         except LabelError as err:
             raise InvalidLabelError(str(err)) from err
 
@@ -389,7 +394,7 @@ class GTAVDataset(SegmentationDataset):
     layout = "gtav"
     resize_mismatched_labels = True
 
-    def __init__(self, root: str | Path, *, size: Any = None) -> None:
+    def __init__(self, root: str | Path, *, size: Any = None, void_ids: Sequence[int] = ()) -> None:
         root = Path(root)
         expected = f"{root}/images/<nnnnn>.png with {root}/labels/<nnnnn>.png (GTAV layout)"
         _require_dir(root, expected)
@@ -399,7 +404,7 @@ class GTAVDataset(SegmentationDataset):
         if not images:
             raise DatasetError(f"no images in {root / 'images'}; expected {expected}")
         pairs = _pair_labels(images, lambda img: root / "labels" / img.name, expected)
-        super().__init__(root, pairs, size=size)
+        super().__init__(root, pairs, size=size, void_ids=void_ids)
 
 
 class SYNTHIADataset(SegmentationDataset):
@@ -442,7 +447,7 @@ class CityscapesDataset(SegmentationDataset):
 
     layout = "cityscapes"
 
-    def __init__(self, root: str | Path, split: str, *, size: Any = None) -> None:
+    def __init__(self, root: str | Path, split: str, *, size: Any = None, void_ids: Sequence[int] = ()) -> None:
         root = Path(root)
         self.split = _check_split(split, self.layout)
         expected = (
@@ -462,7 +467,7 @@ class CityscapesDataset(SegmentationDataset):
             stem = img.name[: -len(_CS_IMAGE_SUFFIX)]
             return root / "gtFine" / split / img.parent.name / f"{stem}{_CS_LABEL_SUFFIX}"
 
-        super().__init__(root, _pair_labels(images, label_of, expected), size=size)
+        super().__init__(root, _pair_labels(images, label_of, expected), size=size, void_ids=void_ids)
 
 
 class ACDCDataset(SegmentationDataset):
@@ -481,6 +486,7 @@ class ACDCDataset(SegmentationDataset):
         *,
         conditions: Sequence[str] | None = None,
         size: Any = None,
+        void_ids: Sequence[int] = (),
     ) -> None:
         root = Path(root)
         self.split = _check_split(split, self.layout)
@@ -514,7 +520,7 @@ class ACDCDataset(SegmentationDataset):
             stem = img.name[: -len(_ACDC_IMAGE_SUFFIX)]
             return root / "gt" / cond / split / img.parent.name / f"{stem}{_ACDC_LABEL_SUFFIX}"
 
-        super().__init__(root, _pair_labels(images, label_of, expected), size=size)
+        super().__init__(root, _pair_labels(images, label_of, expected), size=size, void_ids=void_ids)
 
     @staticmethod
     def _resolve_conditions(
