@@ -9,6 +9,7 @@ dataclass; nothing downstream mutates it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -199,14 +200,23 @@ class ExperimentConfig:
         return self.source_steps + self.rounds * self.round_steps
 
     def run_id(self) -> str:
-        """Short stable id of this exact configuration (runtime keys aside: a run resumed on
-        another device or with other thread counts keeps its id)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        """Short stable id of this exact configuration: a hash of the keys away from their
+        defaults, runtime keys aside. A run resumed on another device or with other thread
+        counts keeps its id, and so does every run when a later halo_ray adds a key (whose
+        default keeps the old behaviour)."""
+        defaults = _default_values()
+        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS and v != defaults[k]}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # ----------------------------------------------------------------------------------
 # validation
+
+
+@functools.cache
+def _default_values() -> dict[str, Any]:
+    """Every key's default (``to_dict`` form); read-only by convention, for :meth:`ExperimentConfig.run_id`."""
+    return ExperimentConfig().to_dict()
 
 
 def _odd(name: str, value: int, minimum: int = 1) -> None:

@@ -441,7 +441,7 @@ class ActiveLearningRun:
 
     def _track_best(self, ev: Evaluation, step: int, r: int) -> None:
         """Record a validation that beats the best so far; with ``keep_best`` save its weights
-        (``checkpoints/best_step_NNNNNNN.pt``, see :func:`best_checkpoint`)."""
+        (``checkpoints/best_step_NNNNNNN.pt``, see :func:`best_checkpoint_path`)."""
         if self.best is not None and not ev.miou > self.best["miou"]:  # NaN is never best
             return
         self.best = {"miou": float(ev.miou), "step": int(step), "round": int(r)}
@@ -575,10 +575,10 @@ def run_experiment(
 
 __all__ = [
     "ActiveLearningRun",
+    "best_checkpoint_path",
     "latest_checkpoint",
     "load_checkpoint",
     "run_experiment",
-    "best_checkpoint_path",
     "save_checkpoint",
     "snapshot_path",
     "write_snapshot",

@@ -110,3 +110,15 @@ def test_source_key_ignores_acquisition_settings():
     assert a.source_key() == a.replace(strategy="ripu", budget=1.0).source_key()
     assert a.source_key() != a.replace(source_steps=10).source_key()
     assert a.source_key() != a.replace(seed=1).source_key()
+
+
+def test_run_id_hashes_only_keys_away_from_their_defaults():
+    """Writing a default explicitly, or a later halo_ray adding a key with a default, keeps a
+    run's id (so older run directories resume); any changed key changes it."""
+    import hashlib
+    import json
+
+    assert build_config({"budget": 5.0, "loop": "continuous"}).run_id() == build_config({}).run_id()
+    assert build_config({}).run_id() == hashlib.sha256(b"{}").hexdigest()[:10]
+    assert build_config({"budget": 2.0}).run_id() == hashlib.sha256(json.dumps({"budget": 2.0}).encode()).hexdigest()[:10]
+    assert build_config({"budget": 2.0, "device": "cpu"}).run_id() == build_config({"budget": 2.0}).run_id()
