@@ -61,20 +61,41 @@ def _conv_bn_relu(
     )
 
 
-class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling (DeepLab-v3 style), small.
+def separable_conv(in_channels: int, out_channels: int, *, dilation: int = 1) -> nn.Sequential:
+    """Depthwise-separable 3×3 block: depthwise 3×3 conv (dilated) → BN → ReLU, then
+    pointwise 1×1 conv → BN → ReLU; 'same' padding, no biases."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        *_conv_bn_relu(in_channels, out_channels, kernel_size=1),
+    )
 
-    Parallel branches on the stride-8 features: a 1×1 conv, 3×3 convs at the given dilations,
-    and global average pooling; concatenated and fused by a 1×1 conv.
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLab-v3 style).
+
+    Parallel branches on the encoder features: a 1×1 conv, 3×3 convs at the given dilations
+    (depthwise-separable with ``separable``, as in HALO's / RIPU's released DeepLab-v3+), and
+    global average pooling; concatenated and fused by a ``fuse_kernel``² conv (1 in the paper,
+    3 in those codes).
     """
 
     def __init__(
-        self, in_channels: int, branch_channels: int, out_channels: int, dilations: tuple[int, ...]
+        self,
+        in_channels: int,
+        branch_channels: int,
+        out_channels: int,
+        dilations: tuple[int, ...],
+        *,
+        separable: bool = False,
+        fuse_kernel: int = 1,
     ):
         super().__init__()
+        dilated = separable_conv if separable else _conv_bn_relu
         self.branches = nn.ModuleList(
             [_conv_bn_relu(in_channels, branch_channels, kernel_size=1)]
-            + [_conv_bn_relu(in_channels, branch_channels, dilation=d) for d in dilations]
+            + [dilated(in_channels, branch_channels, dilation=d) for d in dilations]
         )
         self.pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
@@ -82,7 +103,7 @@ class ASPP(nn.Module):
             nn.ReLU(inplace=True),  # no BatchNorm: a 1×1 map with batch 1 has no statistics
         )
         n = len(self.branches) + 1
-        self.fuse = _conv_bn_relu(n * branch_channels, out_channels, kernel_size=1)
+        self.fuse = _conv_bn_relu(n * branch_channels, out_channels, kernel_size=fuse_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C_in, h, w] -> [B, out_channels, h, w]``."""

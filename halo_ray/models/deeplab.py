@@ -45,14 +45,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import ASPP, FeatureExtractor, _conv_bn_relu, init_conv_bn
+from .backbones import ASPP, FeatureExtractor, _conv_bn_relu, init_conv_bn, separable_conv
 from .resnet import RESNET101_LAYERS, ResNet
 
 __all__ = [
     "ASPPv2",
     "DeepLabV2",
     "DeepLabV3Plus",
-    "SeparableASPP",
     "SeparableDeepLabV3Plus",
     "deeplabv2_r101",
     "deeplabv3p_r101",
@@ -171,47 +170,9 @@ class DeepLabV3Plus(FeatureExtractor):
         return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, out, H/4, W/4]
 
 
-def separable_conv(in_channels: int, out_channels: int, *, dilation: int = 1) -> nn.Sequential:
-    """Depthwise-separable 3×3 block: depthwise 3×3 conv (dilated) → BN → ReLU, then
-    pointwise 1×1 conv → BN → ReLU; 'same' padding, no biases."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
-        nn.BatchNorm2d(in_channels),
-        nn.ReLU(inplace=True),
-        *_conv_bn_relu(in_channels, out_channels, kernel_size=1),
-    )
-
-
-class SeparableASPP(nn.Module):
-    """ASPP of HALO's / RIPU's released DeepLab-v3+: a 1×1 branch, depthwise-separable 3×3
-    branches at ``rates``, image pooling; concatenated and fused by a 3×3 conv-BN-ReLU.
-
-    ``[B, in_channels, h, w] -> [B, channels, h, w]``.
-    """
-
-    def __init__(self, in_channels: int, channels: int, rates: tuple[int, ...]):
-        super().__init__()
-        _check_rates(rates)
-        self.branches = nn.ModuleList(
-            [_conv_bn_relu(in_channels, channels, kernel_size=1)]
-            + [separable_conv(in_channels, channels, dilation=r) for r in rates]
-        )
-        self.pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(in_channels, channels, 1, bias=False),
-            nn.ReLU(inplace=True),  # no BatchNorm: a 1×1 map with batch 1 has no statistics
-        )
-        self.fuse = _conv_bn_relu((len(rates) + 2) * channels, channels)  # 3×3, as the reference
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C_in, h, w] -> [B, channels, h, w]``."""
-        pooled = self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1])  # [B, channels, h, w]
-        return self.fuse(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
-
-
 class SeparableDeepLabV3Plus(FeatureExtractor):
-    """HALO's released DeepLab-v3+: ResNet (output stride 8) → :class:`SeparableASPP` (rates
-    6/12/18, 512 channels) → decoder of two depthwise-separable 3×3 blocks on the ASPP output
+    """HALO's released DeepLab-v3+: ResNet (output stride 8) → separable ASPP (rates 6/12/18,
+    512 channels, 3×3 fuse) → decoder of two depthwise-separable 3×3 blocks on the ASPP output
     (upsampled, ``align_corners=True``) concatenated with the 48-channel layer1 shortcut →
     ``[B, 512, ⌈H/4⌉, ⌈W/4⌉]``."""
 
@@ -230,7 +191,8 @@ class SeparableDeepLabV3Plus(FeatureExtractor):
         for name, value in (("channels", channels), ("low_proj_channels", low_proj_channels)):
             _check_positive_int(name, value)
         self.encoder = ResNet(layers=layers, width=width, output_stride=8)
-        self.aspp = SeparableASPP(self.encoder.out_channels, channels, tuple(rates))
+        _check_rates(rates)
+        self.aspp = ASPP(self.encoder.out_channels, channels, channels, tuple(rates), separable=True, fuse_kernel=3)
         self.low_proj = _conv_bn_relu(self.encoder.low_channels, low_proj_channels, kernel_size=1)
         self.decoder = nn.Sequential(
             separable_conv(channels + low_proj_channels, channels), separable_conv(channels, channels)
