@@ -10,6 +10,7 @@ Nothing here downloads weights, and nothing pins a device: modules follow their 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -164,80 +165,24 @@ class TinyDeepLab(FeatureExtractor):
         return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, out, H/4, W/4]
 
 
-def _deeplabv2_r101() -> FeatureExtractor:
-    """DeepLab-v2 / ResNet-101, output stride 8 (imported lazily: deeplab.py imports this module)."""
-    from .deeplab import deeplabv2_r101
+def _lazy(module: str, name: str) -> Callable[[], FeatureExtractor]:
+    """The factory ``halo_ray.models.<module>.<name>``, imported when called: those modules
+    import this one, and the paper-size models cost nothing until a run asks for one."""
 
-    return deeplabv2_r101()
+    def factory() -> FeatureExtractor:
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)()
 
-
-def _deeplabv3p_r101() -> FeatureExtractor:
-    """DeepLab-v3+ / ResNet-101, output stride 4 (lazy import, see :func:`_deeplabv2_r101`)."""
-    from .deeplab import deeplabv3p_r101
-
-    return deeplabv3p_r101()
-
-
-def _deeplabv3p_r101_sep() -> FeatureExtractor:
-    """HALO's released DeepLab-v3+ / ResNet-101 (separable, 512 channels), stride 4 (lazy import)."""
-    from .deeplab import deeplabv3p_r101_sep
-
-    return deeplabv3p_r101_sep()
-
-
-def _mit_b0() -> FeatureExtractor:
-    """SegFormer-B0 (MiT-B0 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b0
-
-    return mit_b0()
-
-
-def _mit_b1() -> FeatureExtractor:
-    """SegFormer-B1 (MiT-B1 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b1
-
-    return mit_b1()
-
-
-def _mit_b2() -> FeatureExtractor:
-    """SegFormer-B2 (MiT-B2 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b2
-
-    return mit_b2()
-
-
-def _mit_b3() -> FeatureExtractor:
-    """SegFormer-B3 (MiT-B3 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b3
-
-    return mit_b3()
-
-
-def _mit_b4() -> FeatureExtractor:
-    """SegFormer-B4 (MiT-B4 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b4
-
-    return mit_b4()
-
-
-def _mit_b5() -> FeatureExtractor:
-    """SegFormer-B5 (MiT-B5 + all-MLP decoder), output stride 4 (lazy import)."""
-    from .mit import mit_b5
-
-    return mit_b5()
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = f"Build {module}.{name}() (imported on first use)."
+    return factory
 
 
 BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
     "tiny": TinyDeepLab,
-    "deeplabv2_r101": _deeplabv2_r101,
-    "deeplabv3p_r101": _deeplabv3p_r101,
-    "deeplabv3p_r101_sep": _deeplabv3p_r101_sep,
-    "mit_b0": _mit_b0,
-    "mit_b1": _mit_b1,
-    "mit_b2": _mit_b2,
-    "mit_b3": _mit_b3,
-    "mit_b4": _mit_b4,
-    "mit_b5": _mit_b5,
+    "deeplabv2_r101": _lazy("deeplab", "deeplabv2_r101"),
+    "deeplabv3p_r101": _lazy("deeplab", "deeplabv3p_r101"),
+    "deeplabv3p_r101_sep": _lazy("deeplab", "deeplabv3p_r101_sep"),
+    **{f"mit_{size}": _lazy("mit", f"mit_{size}") for size in ("b0", "b1", "b2", "b3", "b4", "b5")},
 }
 """Backbone name → zero-argument factory. Names are the ``backbone`` config key's values.
 
