@@ -198,6 +198,7 @@ class ActiveLearningRun:
         self.out_dir = Path(out_dir)
         self.search = search
         self.trial_id = trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}"
+        self._named_by_caller = trial_id is not None  # a search names its trials; a local run derives it
         self.log = log
         self.tensorboard = tensorboard
         self.results_dir = Path(results_dir) if results_dir else self.out_dir / "results"
@@ -288,9 +289,25 @@ class ActiveLearningRun:
         self.wall_s = float(state["wall_s"])
         self.best = state.get("best")  # absent from checkpoints written before best tracking
         self._prune_best_checkpoints()  # a file of a lost, later timeline goes
+        self._keep_trial_id(state)
         self.last_row = read_round_row(self.results_dir, self.trial_id, self.round)
         self._writer_at(purge_step=self.step + 1)
         self.log(f"resumed from {origin} (round {self.round}, step {self.step})")
+
+    def _keep_trial_id(self, state: dict) -> None:
+        """A local run continues under the id it started with, even when this halo_ray derives
+        another from the same config (an older version hashed other keys): the checkpoint's id,
+        or for checkpoints that predate it, the one trial whose row of this round is in results."""
+        if self._named_by_caller:
+            return
+        saved = state.get("trial_id")
+        if saved is None:
+            suffix = f"-round{self.round:03d}.parquet"
+            found = {p.name[: -len(suffix)] for p in self.results_dir.glob(f"*{suffix}")}
+            saved = found.pop() if len(found) == 1 else None
+        if saved is not None and saved != self.trial_id:
+            self.log(f"continuing trial {saved} (this halo_ray would name the config {self.trial_id})")
+            self.trial_id = saved
 
     def execute(self, resume: bool = False) -> pd.DataFrame:
         """Run (or finish) every round; returns this run's result rows."""
@@ -427,6 +444,7 @@ class ActiveLearningRun:
             "torch_rng": torch.get_rng_state(),
             "wall_s": self.wall_s,
             "best": self.best,
+            "trial_id": self.trial_id,
         }
 
     def _validate(self, ev: Evaluation, step: int, r: int) -> None:

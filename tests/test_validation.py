@@ -118,3 +118,23 @@ def test_rounds_zero_is_a_source_only_run_and_cityscapes_on_cityscapes_is_fully_
     assert np.isfinite(frame["miou"]).all() and frame["best_miou"].tolist() == frame["miou"].tolist()
     again = run_experiment(cfg, tmp_path / "sup", resume=True, log=_quiet, tensorboard=False)
     pd.testing.assert_frame_equal(frame, again)  # a finished run resumes to itself
+
+
+@pytest.mark.parametrize("id_in_checkpoint", [True, False])
+def test_a_local_run_resumes_under_the_id_it_started_with(tiny_config_values, tmp_path, id_in_checkpoint):
+    """A run directory started by a halo_ray that named the config differently (its run_id
+    hashed other keys) resumes under its old trial id: from the checkpoint, or, for
+    checkpoints that predate that field, from its results."""
+    values = {**tiny_config_values, "rounds": 2}
+    out = tmp_path / "run"
+    old = ActiveLearningRun(build_config(values), out, trial_id="tiny-halo-s3-0ld1d", log=_quiet, tensorboard=False)
+    old.start_or_resume(False)
+    old.run_round(1)
+    if not id_in_checkpoint:
+        path = out / "checkpoints" / "round_001.pt"
+        state = load_checkpoint(path)
+        del state["trial_id"]
+        torch.save(state, path)
+    frame = run_experiment(build_config(values), out, resume=True, log=_quiet, tensorboard=False)
+    assert frame["trial_id"].unique().tolist() == ["tiny-halo-s3-0ld1d"]
+    assert frame["round"].tolist() == [0, 1, 2]
