@@ -374,3 +374,29 @@ def test_native_file_is_read_as_before(tmp_path):
     assert "read as" not in report.summary()
     assert isinstance(target.encoder, MixTransformer)
     _assert_encoder_equal(target.encoder, source.encoder)
+
+
+# ---------------------------------------------------------------- safetensors files
+
+
+def test_hf_safetensors_file_loads_like_the_torch_file(tmp_path):
+    """Hugging Face publishes MiT weights as ``model.safetensors``: read directly (tensors only
+    by construction), converted from the HF layout, bit-identical to the source encoder."""
+    from safetensors.torch import save_file
+
+    source = _segformer_b0(seed=0)
+    state = {k: v.contiguous() for k, v in _to_hf(source.encoder.state_dict()).items()}
+    state["classifier.weight"] = torch.randn(1000, 256)
+    path = tmp_path / "model.safetensors"
+    save_file(state, path)
+    target = _segformer_b0(seed=1)
+    report = load_backbone_weights(target, path)
+    assert report.layout == "hf" and report.ignored == ("classifier.weight",)
+    _assert_encoder_equal(target.encoder, source.encoder)
+
+
+def test_broken_safetensors_file_is_named(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(WeightsError, match=r"could not read '.*model\.safetensors' as a safetensors file"):
+        load_backbone_weights(_segformer_b0(seed=1), path)

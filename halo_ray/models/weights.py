@@ -113,17 +113,20 @@ def _quote(keys: Sequence[str], file_name: Callable[[str], str | None] | None = 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a local file into a flat ``{name: tensor}`` dict, never unpickling arbitrary objects.
 
-    Accepts a plain state dict, or one nested under ``"state_dict"`` or ``"model"`` (as training
-    checkpoints store it). Raises :class:`WeightsError` for a missing file, a file that
-    ``weights_only`` loading refuses (an arbitrary pickle), an unreadable file, or contents that
-    are not a dict of tensors.
+    Accepts a torch file holding a plain state dict, or one nested under ``"state_dict"`` or
+    ``"model"`` (as training checkpoints store it), and a ``.safetensors`` file (the format
+    Hugging Face publishes, tensors only by construction). Raises :class:`WeightsError` for a
+    missing file, a file that ``weights_only`` loading refuses (an arbitrary pickle), an
+    unreadable file, or contents that are not a dict of tensors.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(
             f"pretrained weights file not found: '{path}' (nothing is downloaded; "
-            "give the path of a local .pth/.pt file)"
+            "give the path of a local .pth/.pt/.safetensors file)"
         )
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -136,6 +139,20 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     except Exception as err:  # corrupt / truncated / not a torch file at all
         raise WeightsError(f"could not read '{path}' as a torch state dict: {err}") from err
     return _unwrap(obj, path)
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a ``.safetensors`` file (CPU), or a :class:`WeightsError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"could not read '{path}' as a safetensors file: {err}") from err
+    if not state:
+        raise WeightsError(f"'{path}' holds no tensors")
+    return dict(state)
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
