@@ -106,6 +106,7 @@ class ExperimentConfig:
     eval_flip: bool = False  # evaluate on the mean softmax of each image and its mirror (RIPU/HALO code)
     eval_every: int = 0  # also validate inside rounds after every N-th global step (HALO: 500); 0 = round ends only
     keep_best: bool = False  # save the weights of the best validation (best_miou / best_step columns always)
+    source_select: Literal["last", "best"] = "last"  # adapt from the source phase's last model, or its best validation (HALO)
 
     # --- runtime ----------------------------------------------------------------
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
@@ -184,6 +185,16 @@ class ExperimentConfig:
         if self.loop == "continuous":
             # the poly schedule spans source + rounds, so it shapes the source phase too
             payload["total_steps"] = self.total_steps
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def validation_key(self) -> str:
+        """Hash of what a source-phase validation record depends on beyond :meth:`source_key`:
+        the target validation set, how it is evaluated and how often (``source_select: best``)."""
+        keys = (
+            "target", "target_root", "target_conditions", "target_size", "eval_flip", "void_label_ids",
+            "eval_every", "data_root", "data_seed",
+        )
+        payload = {"source": self.source_key(), **{k: self.to_dict()[k] for k in keys}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def round_lengths(self) -> list[int]:
@@ -313,6 +324,12 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("amp=true needs a CUDA device (bfloat16 autocast), but device='cpu'")
     for name in ("momentum", "weight_decay", "target_loss_weight", "source_weight"):
         _positive(name, getattr(cfg, name), allow_zero=True)
+    if cfg.source_select == "best" and (cfg.eval_every < 1 or cfg.loop == "continuous"):
+        raise ConfigError(
+            f"source_select='best' validates the source phase every eval_every steps and starts adaptation from "
+            f"its best model: it needs eval_every >= 1 and loop adapt or retrain (continuous runs one schedule), "
+            f"but got eval_every={cfg.eval_every}, loop={cfg.loop!r}"
+        )
     if cfg.decode_workers < 1:
         raise ConfigError(f"decode_workers must be >= 1, but got decode_workers={cfg.decode_workers}")
     if cfg.num_threads is not None and cfg.num_threads < 1:

@@ -212,8 +212,9 @@ class Learner:
             self.source_sampler.load_state_dict(state["source_sampler"])
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        """The model's weights alone (CPU tensors): what a scorer needs to score like this learner."""
-        return {k: v.detach().cpu() for k, v in self.trainer.model.state_dict().items()}
+        """A copy of the model's weights alone (CPU tensors, unaffected by further training):
+        what a scorer needs to score like this learner, or a kept best model."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.trainer.model.state_dict().items()}
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         """Take another learner's weights (scorer actors: no optimizer, no training)."""

@@ -119,18 +119,42 @@ def source_checkpoint(cfg: ExperimentConfig, learner: Learner, log: LogFn) -> di
     The cached state holds the model, optimizer and the sampling generator, so a run that
     reads the cache continues exactly like the run that wrote it. ``learner`` must be fresh
     (just constructed); the lock makes concurrent runs with one source config train it once.
+
+    With ``source_select: best`` the phase is validated on the target every ``eval_every``
+    steps and at its end; the returned state carries the best validation's model (and its
+    record under ``"best"``) with the last step's optimizer and generator. That record
+    depends on the target, so it is cached apart (:meth:`ExperimentConfig.validation_key`).
     """
     path = Path(cfg.source_cache) / f"source-{cfg.source_key()}.pt"
+    best_path = Path(cfg.source_cache) / f"source-{cfg.source_key()}-best-{cfg.validation_key()}.pt"
+    want_best = cfg.source_select == "best"
     with _file_lock(path.with_suffix(".lock")):
-        if not path.exists():
+        if not path.exists() or (want_best and not best_path.exists()):
             log(f"source pre-training: {cfg.source_steps} steps (cache {path})")
             total = cfg.total_steps if cfg.loop == "continuous" else cfg.source_steps  # adapt/retrain: own schedule
             progress = ProgressLine(log, cfg.log_every, "source", total)
-            learner.train(cfg.source_steps, start_step=0, total_steps=total, progress=progress)
-            save_checkpoint(path, learner.state_dict())
+            every = cfg.eval_every if want_best else 0
+            best: dict | None = None
+            for offset, length in _validation_chunks(0, cfg.source_steps, every):
+                learner.train(length, start_step=offset, total_steps=total, progress=progress)
+                if want_best:  # after each chunk: every eval_every steps and at the phase's end
+                    miou, step = learner.evaluate().miou, offset + length
+                    log(f"source step {step}: validation mIoU {miou:.2f}")
+                    if best is None or miou > best["miou"]:
+                        best = {"miou": float(miou), "step": step, "model": learner.model_state()}
+            if not path.exists():
+                save_checkpoint(path, learner.state_dict())
+            if best is not None:
+                save_checkpoint(best_path, best)
         else:
             log(f"source pre-training: reusing {path}")
-    return load_checkpoint(path)
+    state = load_checkpoint(path)
+    if want_best:
+        best = load_checkpoint(best_path)
+        log(f"source model: the validation at source step {best['step']} (mIoU {best['miou']:.2f})")
+        state["trainer"]["model"] = best["model"]
+        state["best"] = {"miou": best["miou"], "step": best["step"]}
+    return state
 
 
 # ----------------------------------------------------------------------------------

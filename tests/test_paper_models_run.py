@@ -77,6 +77,8 @@ def test_paper_experiment_files_load(name):
     assert cfg.source_steps == cfg.rounds * cfg.round_steps == 15000 and cfg.budget == 5.0
     assert cfg.round_lengths() == [3750, 3750, 2500, 2500, 2500]  # HALO's SELECT_ITER on 4 GPUs
     assert cfg.target_size == (1280, 640) and cfg.freeze_bn and cfg.negative_learning and cfg.eval_flip
+    # HALO validates every 500 steps, keeps the best checkpoint and adapts from the best source model
+    assert (cfg.eval_every, cfg.keep_best, cfg.source_select) == (500, True, "best")
     assert cfg.source_weight == (0.0 if name.endswith("source_free") else 1.0)
     if name.endswith("source_free"):  # shares the source-only model with the main protocol
         main_cfg = load_config(ROOT / "experiments" / "gtav_to_cityscapes.yaml")
@@ -122,7 +124,7 @@ def test_variant_files_extend_the_main_protocol():
 
     ripu = load_config(ROOT / "experiments" / "gtav_to_cityscapes_ripu.yaml")
     assert (ripu.backbone, ripu.geometry, ripu.strategy, ripu.budget) == ("deeplabv2_r101", "euclidean", "ripu", 2.2)
-    assert ripu.suppression_size == 5 and ripu.loop == "continuous"
+    assert ripu.suppression_size == 5 and ripu.loop == "continuous" and ripu.source_select == "last"
     # selections at global steps 10k..18k, the run stops at 40k of a 62.5k poly horizon
     starts = [ripu.source_steps + s for s in ripu.select_steps]
     assert starts == [10000, 12000, 14000, 16000, 18000] and ripu.total_steps == 40000

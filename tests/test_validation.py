@@ -138,3 +138,33 @@ def test_a_local_run_resumes_under_the_id_it_started_with(tiny_config_values, tm
     frame = run_experiment(build_config(values), out, resume=True, log=_quiet, tensorboard=False)
     assert frame["trial_id"].unique().tolist() == ["tiny-halo-s3-0ld1d"]
     assert frame["round"].tolist() == [0, 1, 2]
+
+
+def test_source_select_best_adapts_from_the_best_source_validation(tiny_config_values, tmp_path):
+    """source_select: best validates the source phase every eval_every steps and at its end;
+    round 0 is the best of those models (its row's mIoU is that validation's), the shared
+    last-model cache is untouched, and a second run reuses both caches without training."""
+    logs: list[str] = []
+    values = {**tiny_config_values, "rounds": 1, "loop": "adapt", "source_steps": 40, "eval_every": 10,
+              "source_select": "best", "lr": 0.05}
+    frame = run_experiment(build_config(values), tmp_path / "best", log=logs.append, tensorboard=False)
+    seen = {int(line.split()[2].rstrip(":")): float(line.split()[-1]) for line in logs
+            if line.startswith("source step ")}
+    assert sorted(seen) == [10, 20, 30, 40]
+    best_step = max(seen, key=lambda s: (seen[s], -s))
+    assert best_step != 40 and seen[best_step] > seen[40] + 0.1  # this setting peaks early: best ≠ last
+    assert frame.loc[frame["round"] == 0, "miou"].item() == pytest.approx(seen[best_step], abs=0.005)
+    last = run_experiment(build_config({**values, "source_select": "last"}), tmp_path / "last", log=_quiet,
+                          tensorboard=False)
+    assert last.loc[last["round"] == 0, "miou"].item() == pytest.approx(seen[40], abs=0.005)
+    again: list[str] = []
+    run_experiment(build_config(values), tmp_path / "again", log=again.append, tensorboard=False)
+    assert not any(line.startswith("source step ") for line in again)  # both caches reused
+    assert any(f"the validation at source step {best_step}" in line for line in again)
+
+
+def test_source_select_best_needs_validations_and_its_own_schedule():
+    with pytest.raises(ConfigError, match=r"source_select='best' .* needs eval_every >= 1 .* eval_every=0"):
+        build_config(dict(source_select="best", loop="adapt"))
+    with pytest.raises(ConfigError, match=r"loop='continuous'"):
+        build_config(dict(source_select="best", eval_every=5, loop="continuous"))
