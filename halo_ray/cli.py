@@ -147,7 +147,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     try:
         report = check_dataset(
             args.root, args.layout, split=args.split, conditions=args.conditions, workers=args.workers,
-            progress=progress, verify_images=args.verify_images, void_ids=args.void_ids,
+            progress=progress, verify_images=args.verify_images, void_ids=args.void_label_ids,
         )
     except ValueError as err:  # a bad argument (DatasetError, a missing root, is caught by main)
         raise UsageError(str(err)) from None
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify-images", action="store_true", help="check every chunk of every image (slower; default: header and end)"
     )
     check.add_argument(
-        "--void-ids", type=int, nargs="+", default=[], metavar="ID",
+        "--void-label-ids", type=int, nargs="+", default=[], metavar="ID",
         help="label values (not labelIds 0..33) that mean void in this dataset, as the void_label_ids config key",
     )
     check.set_defaults(func=cmd_data_check)

@@ -149,7 +149,7 @@ def test_data_check_end_to_end(tmp_path, tiny_benchmark, capsys):
     code, err = _run(capsys, ["data", "check", str(tmp_path), "--layout", "gtav"])
     assert code == 2 and str(tmp_path) in err
 
-    # a label that stores void as 255: an error, unless --void-ids names it (then clean)
+    # a label that stores void as 255: an error, unless --void-label-ids names it (then clean)
     shutil.rmtree(broken)
     shutil.copytree(tiny_benchmark / "cityscapes", broken)
     label = sorted((broken / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))[0]
@@ -157,7 +157,7 @@ def test_data_check_end_to_end(tmp_path, tiny_benchmark, capsys):
     ids[0, :5] = 255
     Image.fromarray(ids).save(label)
     assert main(["data", "check", str(broken), "--layout", "cityscapes", "--workers", "1"]) == 1
-    assert "--void-ids" in capsys.readouterr().out
-    assert main(["data", "check", str(broken), "--layout", "cityscapes", "--workers", "1", "--void-ids", "255"]) == 0
-    code, err = _run(capsys, ["data", "check", str(broken), "--layout", "cityscapes", "--void-ids", "7"])
+    assert "--void-label-ids" in capsys.readouterr().out
+    assert main(["data", "check", str(broken), "--layout", "cityscapes", "--workers", "1", "--void-label-ids", "255"]) == 0
+    code, err = _run(capsys, ["data", "check", str(broken), "--layout", "cityscapes", "--void-label-ids", "7"])
     assert code == 2 and "must not name Cityscapes labelIds" in err

@@ -151,7 +151,7 @@ def test_gtav_defects_each_reported_in_the_right_list(broken_gtav):
     ]
     assert p[ProblemKind.IDS_OUTSIDE_MAP] == [
         f"label ids outside the map: {files[4][1]}: value(s) 40 (2 px), 255 (1 px) are not "
-        "Cityscapes labelIds (expected 0..33; values that mean void in this dataset go in --void-ids / "
+        "Cityscapes labelIds (expected 0..33; values that mean void in this dataset go in --void-label-ids / "
         "void_label_ids)"
     ]
     (unreadable_image,) = p[ProblemKind.UNREADABLE_IMAGE]
@@ -169,7 +169,7 @@ def test_gtav_defects_each_reported_in_the_right_list(broken_gtav):
 
 
 def test_void_ids_count_as_void_and_the_rest_stays_an_error(broken_gtav):
-    """--void-ids 255: the 255 pixel is void (counted), 40 is still outside the map; a
+    """--void-label-ids 255: the 255 pixel is void (counted), 40 is still outside the map; a
     labelId among the void ids is refused (it would erase a class)."""
     root, files, _ = broken_gtav
     report = check_dataset(root, "gtav", workers=1, void_ids=[255])

@@ -167,7 +167,7 @@ class _Item(NamedTuple):
     label: str | None
     label_format: str  # "labelids" (Cityscapes ids, PIL) | "synthia" (SYNTHIA ids, png16)
     mismatch_is_error: bool
-    void_ids: tuple[int, ...] = ()  # extra labelId values read as void (``--void-ids``)
+    void_ids: tuple[int, ...] = ()  # extra labelId values read as void (``--void-label-ids``)
 
 
 @dataclass
@@ -463,7 +463,7 @@ def _check_item(item: _Item, verify_images: bool) -> tuple[list[_Issue], np.ndar
                 "error",
                 ProblemKind.IDS_OUTSIDE_MAP,
                 f"{item.label}: value(s) {listed}{more} are not {what} (expected 0..{n_ids - 1}"
-                + ("; values that mean void in this dataset go in --void-ids / void_label_ids)"
+                + ("; values that mean void in this dataset go in --void-label-ids / void_label_ids)"
                    if item.label_format == "labelids" else ")"),
             )
         )

@@ -16,7 +16,7 @@ misread (trainId 7 "traffic sign" would become labelId 7 "road").
 
 A dataset that stores void under other values (a converted copy that writes 255 for
 "unlabelled", say) names them explicitly: ``void_ids`` (the ``void_label_ids`` config key,
-``halo-ray data check --void-ids``) maps exactly those values to :data:`IGNORE_INDEX`. They
+``halo-ray data check --void-label-ids``) maps exactly those values to :data:`IGNORE_INDEX`. They
 may not be official labelIds, so a typo cannot silently erase a class.
 """
 
