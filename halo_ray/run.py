@@ -15,10 +15,10 @@ from __future__ import annotations
 import fcntl
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,7 @@ def source_checkpoint(cfg: ExperimentConfig, learner: Learner, log: LogFn) -> di
                 if want_best:  # after each chunk: every eval_every steps and at the phase's end
                     miou, step = learner.evaluate().miou, offset + length
                     log(f"source step {step}: validation mIoU {miou:.2f}")
-                    if best is None or miou > best["miou"]:
+                    if _improves(miou, best):
                         best = {"miou": float(miou), "step": step, "model": learner.model_state()}
             if not path.exists():
                 save_checkpoint(path, learner.state_dict())
@@ -484,7 +484,7 @@ class ActiveLearningRun:
     def _track_best(self, ev: Evaluation, step: int, r: int) -> None:
         """Record a validation that beats the best so far; with ``keep_best`` save its weights
         (``checkpoints/best_step_NNNNNNN.pt``, see :func:`best_checkpoint_path`)."""
-        if self.best is not None and not ev.miou > self.best["miou"]:  # NaN is never best
+        if not _improves(ev.miou, self.best):
             return
         self.best = {"miou": float(ev.miou), "step": int(step), "round": int(r)}
         if self.cfg.keep_best:
@@ -567,6 +567,13 @@ class ActiveLearningRun:
         for column, value in zip(RADIUS_COLUMNS, ev.radius_per_class, strict=True):
             row[column] = _finite_or_none(float(value))
         return row
+
+
+def _improves(miou: float, best: Mapping[str, Any] | None) -> bool:
+    """Whether a validation's ``miou`` replaces the ``best`` record so far (the first always;
+    later ones only when strictly higher, so ties keep the earlier model and a NaN never
+    replaces a record)."""
+    return best is None or miou > best["miou"]
 
 
 def _validation_chunks(step: int, steps: int, every: int) -> list[tuple[int, int]]:

@@ -122,7 +122,10 @@ class DeepLabV3Plus(FeatureExtractor):
     """ResNet (output stride 8 or 16) → ASPP-v3 → decoder with the stride-4 skip → stride 4.
 
     ``aspp_rates=None`` picks the paper's rates for the encoder's output stride
-    (8: 12/24/36, 16: 6/12/18). Output ``[B, out_channels, ⌈H/4⌉, ⌈W/4⌉]``.
+    (8: 12/24/36, 16: 6/12/18). ``separable`` builds the variant of HALO's / RIPU's released
+    code: depthwise-separable ASPP branches fused by a 3×3 conv, separable decoder blocks and
+    ``align_corners=True`` resizing (see :class:`SeparableDeepLabV3Plus`). Output
+    ``[B, out_channels, ⌈H/4⌉, ⌈W/4⌉]``.
     """
 
     output_stride = 4
@@ -137,6 +140,7 @@ class DeepLabV3Plus(FeatureExtractor):
         aspp_rates: tuple[int, ...] | None = None,
         low_proj_channels: int = 48,
         out_channels: int = 256,
+        separable: bool = False,
     ):
         super().__init__()
         if encoder_output_stride not in ASPP_V3_RATES:
@@ -153,30 +157,32 @@ class DeepLabV3Plus(FeatureExtractor):
         rates = ASPP_V3_RATES[encoder_output_stride] if aspp_rates is None else aspp_rates
         _check_rates(rates)
         self.encoder = ResNet(layers=layers, width=width, output_stride=encoder_output_stride)
-        self.aspp = ASPP(self.encoder.out_channels, aspp_channels, aspp_channels, tuple(rates))
+        self.aspp = ASPP(
+            self.encoder.out_channels, aspp_channels, aspp_channels, tuple(rates),
+            separable=separable, fuse_kernel=3 if separable else 1,
+        )
         self.low_proj = _conv_bn_relu(self.encoder.low_channels, low_proj_channels, kernel_size=1)
+        block = separable_conv if separable else _conv_bn_relu
         self.decoder = nn.Sequential(
-            _conv_bn_relu(aspp_channels + low_proj_channels, out_channels),
-            _conv_bn_relu(out_channels, out_channels),
+            block(aspp_channels + low_proj_channels, out_channels), block(out_channels, out_channels)
         )
         self.out_channels = out_channels
+        self.align_corners = separable  # the released codes resize with align_corners=True
         init_conv_bn(self.aspp, self.low_proj, self.decoder)
 
     def forward(self, images: Tensor) -> Tensor:
         """``[B, 3, H, W] -> [B, out_channels, ⌈H/4⌉, ⌈W/4⌉]``."""
         low, out = self.encoder(images)  # [B, 4w, H/4, W/4], [B, 32w, H/s, W/s]
         high = self.aspp(out)  # [B, aspp, H/s, W/s]
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, out, H/4, W/4]
 
 
-class SeparableDeepLabV3Plus(FeatureExtractor):
+class SeparableDeepLabV3Plus(DeepLabV3Plus):
     """HALO's released DeepLab-v3+: ResNet (output stride 8) → separable ASPP (rates 6/12/18,
-    512 channels, 3×3 fuse) → decoder of two depthwise-separable 3×3 blocks on the ASPP output
-    (upsampled, ``align_corners=True``) concatenated with the 48-channel layer1 shortcut →
-    ``[B, 512, ⌈H/4⌉, ⌈W/4⌉]``."""
-
-    output_stride = 4
+    ``channels`` wide, 3×3 fuse) → decoder of two depthwise-separable 3×3 blocks on the ASPP
+    output (upsampled, ``align_corners=True``) concatenated with the 48-channel layer1 shortcut
+    → ``[B, channels, ⌈H/4⌉, ⌈W/4⌉]``: :class:`DeepLabV3Plus` with ``separable`` and these sizes."""
 
     def __init__(
         self,
@@ -187,24 +193,10 @@ class SeparableDeepLabV3Plus(FeatureExtractor):
         rates: tuple[int, ...] = (6, 12, 18),
         low_proj_channels: int = 48,
     ):
-        super().__init__()
-        for name, value in (("channels", channels), ("low_proj_channels", low_proj_channels)):
-            _check_positive_int(name, value)
-        self.encoder = ResNet(layers=layers, width=width, output_stride=8)
-        _check_rates(rates)
-        self.aspp = ASPP(self.encoder.out_channels, channels, channels, tuple(rates), separable=True, fuse_kernel=3)
-        self.low_proj = _conv_bn_relu(self.encoder.low_channels, low_proj_channels, kernel_size=1)
-        self.decoder = nn.Sequential(
-            separable_conv(channels + low_proj_channels, channels), separable_conv(channels, channels)
+        super().__init__(
+            layers=layers, width=width, encoder_output_stride=8, aspp_channels=channels, aspp_rates=rates,
+            low_proj_channels=low_proj_channels, out_channels=channels, separable=True,
         )
-        self.out_channels = channels
-        init_conv_bn(self.aspp, self.low_proj, self.decoder)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W] -> [B, channels, ⌈H/4⌉, ⌈W/4⌉]``."""
-        low, out = self.encoder(images)  # [B, 4w, H/4, W/4], [B, 32w, H/8, W/8]
-        high = F.interpolate(self.aspp(out), size=low.shape[-2:], mode="bilinear", align_corners=True)
-        return self.decoder(torch.cat([high, self.low_proj(low)], dim=1))  # [B, channels, H/4, W/4]
 
 
 def _check_positive_int(name: str, value: object) -> None:
