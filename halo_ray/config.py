@@ -194,7 +194,8 @@ class ExperimentConfig:
             "target", "target_root", "target_conditions", "target_size", "eval_flip", "void_label_ids",
             "eval_every", "data_root", "data_seed",
         )
-        payload = {"source": self.source_key(), **{k: self.to_dict()[k] for k in keys}}
+        values = self.to_dict()
+        payload = {"source": self.source_key(), **{k: values[k] for k in keys}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def round_lengths(self) -> list[int]:
