@@ -1,9 +1,13 @@
 """Benchmark: training-step time of the hyperbolic vs the Euclidean segmenter, side by side.
 
 One step = forward + cross-entropy on logits upsampled to the label size + backward + SGD step.
-Both models are built from the same seed and timed in one process, interleaved step by step
-(hyperbolic, euclidean, hyperbolic, …) so that load from other processes hits both alike;
-the reported time per step is the median. Target (DESIGN §10): ratio ≤ 1.3.
+Four models are built from the same seed and timed in one process, interleaved step by step
+(hyperbolic, mlr_released, released, euclidean, hyperbolic, …) so that load from other
+processes hits all alike; the reported time per step is the median. ``hyperbolic`` is our
+default head (float32, offsets in the ball, HFR softplus + rms), ``mlr_released`` the same
+with HALO's HyperMLR arithmetic (``mlr: released``), ``released`` the released HALO head that
+``reference: true`` builds (float64 expmap0 and HyperMLR, HFR clamp + l2).
+Target (DESIGN §10): ratio hyperbolic/euclidean ≤ 1.3.
 
 Run from the repository root::
 
@@ -46,10 +50,14 @@ def run(
     labels = torch.randint(0, num_classes, (batch, height, width))
     models: dict[str, Segmenter] = {}
     opts: dict[str, torch.optim.Optimizer] = {}
-    for geometry in ("hyperbolic", "euclidean"):
+    released = dict(geometry="hyperbolic", hfr_norm="l2", hfr_positivity="clamp", head_dtype="float64", mlr="released")
+    for name, kwargs in (
+        ("hyperbolic", {"geometry": "hyperbolic"}), ("mlr_released", {"geometry": "hyperbolic", "mlr": "released"}),
+        ("released", released), ("euclidean", {"geometry": "euclidean"}),
+    ):
         torch.manual_seed(0)
-        models[geometry] = build_segmenter(geometry=geometry, num_classes=num_classes).train()
-        opts[geometry] = torch.optim.SGD(models[geometry].parameters(), lr=0.01, momentum=0.9)
+        models[name] = build_segmenter(num_classes=num_classes, **kwargs).train()
+        opts[name] = torch.optim.SGD(models[name].parameters(), lr=0.01, momentum=0.9)
     times: dict[str, list[float]] = {g: [] for g in models}
     for i in range(warmup + steps):
         for geometry, model in models.items():
@@ -61,6 +69,8 @@ def run(
         {f"{g}_params": float(sum(p.numel() for p in m.parameters())) for g, m in models.items()}
     )
     result["ratio"] = result["hyperbolic_s_per_step"] / result["euclidean_s_per_step"]
+    result["released_ratio"] = result["released_s_per_step"] / result["hyperbolic_s_per_step"]
+    result["mlr_released_ratio"] = result["mlr_released_s_per_step"] / result["hyperbolic_s_per_step"]
     return result
 
 
@@ -89,10 +99,12 @@ def main(argv: list[str] | None = None) -> None:
         f"training step, batch {args.batch}, {args.height}x{args.width}, CPU, "
         f"{torch.get_num_threads()} threads, median of {args.steps} steps"
     )
-    for g in ("hyperbolic", "euclidean"):
-        print(f"  {g:<10}  params {int(r[g + '_params']):>7,d}   {r[g + '_s_per_step']:.3f} s/step")
+    for g in ("hyperbolic", "mlr_released", "released", "euclidean"):
+        print(f"  {g:<12}  params {int(r[g + '_params']):>7,d}   {r[g + '_s_per_step']:.3f} s/step")
     verdict = "OK" if r["ratio"] <= 1.3 else "ABOVE TARGET"
     print(f"  ratio hyperbolic/euclidean = {r['ratio']:.3f}  (target <= 1.3: {verdict})")
+    print(f"  ratio mlr_released/hyperbolic = {r['mlr_released_ratio']:.3f}  (HALO's HyperMLR arithmetic, float32)")
+    print(f"  ratio released/hyperbolic = {r['released_ratio']:.3f}  (the released head: float64, HyperMLR, HFR clamp + l2)")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,17 @@ class ConfigError(ValueError):
 RUNTIME_KEYS: frozenset[str] = frozenset({"device", "num_threads", "decode_workers", "prefetch", "deterministic"})
 
 
+#: Keys where the released HALO code's arithmetic differs from our defaults: key -> (our
+#: default, the released value). Left null, each follows ``reference``; set, it wins.
+REFERENCE_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "hfr_norm": ("rms", "l2"),
+    "hfr_positivity": ("softplus", "clamp"),
+    "head_dtype": ("float32", "float64"),
+    "mlr": ("ball", "released"),
+    "align_corners": (False, True),
+}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines one multi-round active-learning run."""
@@ -65,7 +76,14 @@ class ExperimentConfig:
     curvature: float = 1.0  # Poincaré ball curvature c > 0 (initial value if learnable)
     learnable_curvature: bool = False  # train c jointly with the network
     hfr: bool = True  # hyperbolic feature reweighting before expmap0
-    hfr_norm: Literal["rms", "l2"] = "rms"  # HFR spatial normalisation; "l2" = HALO reference
+    # The next five keys are where the released HALO code's arithmetic differs from our defaults
+    # (README "Defaults and the released code"); null = the released value under reference: true,
+    # ours otherwise, and an explicit value wins either way (ablations).
+    hfr_norm: Literal["rms", "l2"] | None = None  # HFR spatial normalisation: rms (ours), l2 (released)
+    hfr_positivity: Literal["softplus", "clamp"] | None = None  # HFR weights: softplus (ours), clamp at 1e-5 (released)
+    head_dtype: Literal["float32", "float64"] | None = None  # expmap0, MLR and radius: float32 (ours), float64 (released)
+    mlr: Literal["ball", "released"] | None = None  # MLR offsets kept in the ball (ours), HALO's HyperMLR (released)
+    align_corners: bool | None = None  # bilinear upsampling of logits/embeddings: false (ours), true (released)
 
     # --- acquisition ------------------------------------------------------------
     strategy: str = "halo"  # one of STRATEGIES
@@ -76,7 +94,7 @@ class ExperimentConfig:
     suppression: int | None = None  # odd side of the suppression window; None = strategy default
     bins: int = 100  # radius quantisation levels K of the HALO boundary score (reference K)
     boundary_window: int = 3  # odd side of the HALO boundary (impurity) window
-    reference: bool = False  # reproduce the released reference code's scores exactly
+    reference: bool = False  # the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above
 
     # --- training ---------------------------------------------------------------
     loop: Literal["continuous", "adapt", "retrain"] = "continuous"  # semantics of DESIGN §3 (adapt: HALO's)
@@ -97,9 +115,9 @@ class ExperimentConfig:
     amp: bool = False  # bfloat16 autocast for training and inference; CUDA only
     target_loss_weight: float = 1.0  # weight of the labelled-target cross-entropy
     source_weight: float = 1.0  # weight of the source losses in the rounds; 0 = source-free adaptation
-    negative_learning: bool = False  # RIPU's negative-learning loss on the target batch's pixels
+    negative_learning: bool = False  # RIPU's negative-learning loss (eq. 11, weight 1) on the target batch's pixels
     target_sampling: Literal["labelled", "all"] = "labelled"  # target batch: images with labels, or all (RIPU/HALO code)
-    local_consistency: bool = False  # RIPU's 3x3 local-consistency loss on source pixels
+    local_consistency: float = 0.0  # weight of RIPU's local-consistency loss (eq. 9) on source boundary pixels; RIPU: 0.1
     train_flip: bool = True  # random horizontal flips of training images (RIPU/HALO use none)
     class_balanced_source: bool = False  # RIPU's class-balanced source sampling (rare classes drawn more)
     eval_batch_size: int = 16
@@ -119,6 +137,13 @@ class ExperimentConfig:
     log_images: int = 2  # target images whose radius/selection maps go to TensorBoard
 
     def __post_init__(self) -> None:
+        # keys left null follow `reference`; remembered (not a field) so that replace() and
+        # to_values() let them follow a changed `reference` again
+        following = frozenset(k for k in REFERENCE_DEFAULTS if getattr(self, k) is None)
+        object.__setattr__(self, "_following", following)
+        for key in following:  # frozen: set once, here, before anything reads it
+            ours, released = REFERENCE_DEFAULTS[key]
+            object.__setattr__(self, key, released if self.reference else ours)
         _validate(self)
 
     # ------------------------------------------------------------------------------
@@ -160,8 +185,20 @@ class ExperimentConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def to_values(self) -> dict[str, Any]:
+        """The values to build this config again *and vary it*: :meth:`to_dict`, except that
+        keys which follow ``reference`` (left null) are null again, so a search or an override
+        that changes ``reference`` moves them with it. ``to_dict`` holds the resolved values
+        (what a run computes with: Parquet, checkpoints, ids)."""
+        out = self.to_dict()
+        for key in self._following:
+            out[key] = None
+        return out
+
     def replace(self, **changes: Any) -> ExperimentConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; keys that followed ``reference`` keep following it."""
+        following = {k: None for k in self._following if k not in changes}
+        return dataclasses.replace(self, **following, **changes)
 
     def source_key(self) -> str:
         """Hash of everything that determines the source pre-trained model.
@@ -171,17 +208,22 @@ class ExperimentConfig:
         keys = (
             "seed", "data_root", "source", "source_root", "data_seed", "backbone", "geometry",
             "embed_dim", "curvature", "learnable_curvature", "hfr", "hfr_norm", "source_steps",
-            "batch_size", "lr", "momentum", "weight_decay", "poly_power", "local_consistency",
+            "batch_size", "lr", "momentum", "weight_decay", "poly_power",
             "pretrained", "freeze_bn", "warmup_steps", "warmup_start", "head_lr_mult", "grad_accum", "amp",
         )
         payload = {k: getattr(self, k) for k in keys}
+        # a weight now; 0 hashes as the switch's old "off", so those caches stay valid
+        payload["local_consistency"] = self.local_consistency or False
         # later keys count only away from their defaults, so caches written before they existed stay valid
         for key, default in (
             ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None),
-            ("optimizer", "sgd"), ("void_label_ids", ()),
+            ("optimizer", "sgd"), ("void_label_ids", ()), ("hfr_positivity", "softplus"),
+            ("head_dtype", "float32"), ("mlr", "ball"), ("align_corners", False),
         ):
             if getattr(self, key) != default:
                 payload[key] = self.to_dict()[key]
+        if self.freeze_bn and self.hfr and self.geometry == "hyperbolic":
+            payload["hfr_batchnorm"] = "trained"  # frozen with the others before; trained as HALO's since
         if self.loop == "continuous":
             # the poly schedule spans source + rounds, so it shapes the source phase too
             payload["total_steps"] = self.total_steps
@@ -325,6 +367,17 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("amp=true needs a CUDA device (bfloat16 autocast), but device='cpu'")
     for name in ("momentum", "weight_decay", "target_loss_weight", "source_weight"):
         _positive(name, getattr(cfg, name), allow_zero=True)
+    if not (math.isfinite(cfg.local_consistency) and cfg.local_consistency >= 0):
+        raise ConfigError(
+            f"local_consistency is the weight of RIPU's local-consistency loss, a finite number >= 0 "
+            f"(RIPU: 0.1; 0 = off), but got local_consistency={cfg.local_consistency}"
+        )
+    if cfg.amp and cfg.head_dtype == "float64":
+        implied = " (implied by reference: true; set head_dtype: float32 to keep amp)" if cfg.reference else ""
+        raise ConfigError(
+            f"amp=true (bfloat16 autocast) cannot run with head_dtype='float64'{implied}: the float64 head "
+            "exists to reproduce the released arithmetic, which autocast would change; choose one"
+        )
     if cfg.source_select == "best" and (cfg.eval_every < 1 or cfg.loop == "continuous"):
         raise ConfigError(
             f"source_select='best' validates the source phase every eval_every steps and starts adaptation from "
@@ -394,6 +447,11 @@ def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
             return int(value)
         raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={value!r}")
     if hint is float:
+        if isinstance(value, bool) and key == "local_consistency":
+            raise ConfigError(
+                f"{origin_name}: local_consistency is now the weight of RIPU's local-consistency loss "
+                f"(a number: RIPU 0.1, 0 = off), not a switch, but got local_consistency={value!r}"
+            )
         if isinstance(value, bool):
             raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={value!r}")
         if isinstance(value, (int, float)):
@@ -503,6 +561,7 @@ def config_keys() -> list[str]:
 
 
 __all__ = [
+    "REFERENCE_DEFAULTS",
     "ConfigError",
     "ExperimentConfig",
     "HYPERBOLIC_STRATEGIES",

@@ -23,8 +23,11 @@ One policy, chosen by dtype, following geoopt's defaults:
   and the MLR agree on one boundary. An optional, tighter ``max_norm`` implements the "feature clipping" of
   Guo et al. (CVPR 2022); the HALO reference code has no feature clipping (it relies on HFR,
   float64 and geoopt's projection), Khrulkov et al.'s original ``ToPoincare`` neither.
-* **clamped artanh**: ``dist0`` clamps ``√c‖x‖`` to ``1 - ε``, so the largest radius is
-  ``2/√c · artanh(1 - ε)`` (≈ 6.21/√c in float32) and its gradient stays finite.
+* **clamped artanh**: ``dist0`` clamps ``√c‖x‖`` at ``1 - 1e-7`` (geoopt's ``artanh`` clamp,
+  so radii equal geoopt's and the released HALO code's for every input), which keeps the radius
+  and its gradient finite for points on or past the rim. Points of this module (``expmap0``,
+  ``project``) stay within ``1 - ε``, so their largest radius is :func:`max_radius`,
+  ``2/√c · artanh(1 - ε)``: ≈ 6.21/√c in float32, ≈ 12.21/√c in float64 (the released head's).
 * **MLR conformal factors** ``1 - c‖p‖²`` and ``1 - c‖x‖²`` are clamped at their value on the
   projection boundary, ``1 - (1 - ε)²``, so logits stay finite even for inputs on the rim.
 * **minimum norm / denominator** ``1e-15`` against division by zero.
@@ -52,8 +55,11 @@ __all__ = [
     "Curvature",
     "CurvatureLike",
     "HFR",
+    "HFR_CLAMP_MIN",
     "HFR_NORMS",
+    "HFR_POSITIVITY",
     "HyperbolicMLR",
+    "MLR_FORMS",
     "dist0",
     "expmap0",
     "hyperbolic_mlr",
@@ -70,7 +76,10 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 _PROJ_EPS_FLOAT64 = 1e-5  # geoopt's float64 default
 _PROJ_EPS_DEFAULT = 4e-3  # geoopt's float32 default; also used for float16/bfloat16
+_ARTANH_CLAMP = 1.0 - 1e-7  # geoopt's artanh clamp (every dtype)
 MIN_NORM = 1e-15  # floor for norms and denominators (same as geoopt)
+_REFERENCE_MLR_PROJ_EPS = 1e-3  # the released HyperMLR projects (-p) ⊕ x at (1 - 1e-3)/√c
+_REFERENCE_FLOOR = 1e-12  # the released HyperMLR's floor of denominators
 
 CurvatureLike = float | Tensor
 
@@ -87,7 +96,8 @@ def max_tangent_norm(dtype: torch.dtype, *, c: float) -> float:
 
 
 def max_radius(dtype: torch.dtype, *, c: float) -> float:
-    """Largest hyperbolic radius ``2/√c · artanh(1 - ε)`` that :func:`dist0` can return."""
+    """Largest hyperbolic radius ``2/√c · artanh(1 - ε)`` of a point of this module (inside the
+    projection radius); :func:`dist0` of points past it reaches up to geoopt's clamp."""
     return 2.0 * max_tangent_norm(dtype, c=c)
 
 
@@ -128,6 +138,12 @@ def _signed_k(c: Tensor) -> Tensor:
     return -c
 
 
+def _geoopt_sqrt(c: Tensor) -> Tensor:
+    """``√(c + 1e-15)``: geoopt's ``sabs(k).sqrt()``, so float64 maps agree with geoopt's (and
+    the released head's) to the last bits; in float32 the ``1e-15`` is below one ulp of ``c``."""
+    return (c + MIN_NORM).sqrt()
+
+
 def poincare_ball(c: float = 1.0) -> geoopt.PoincareBall:
     """A geoopt ``PoincareBall`` of curvature magnitude ``c > 0`` (geoopt stores ``k = -c``).
 
@@ -165,15 +181,19 @@ def expmap0(v: Tensor, *, c: CurvatureLike, dim: int = -1, max_norm: float | Non
     is differentiable everywhere (the gradient is the identity at ``v = 0``). Vectors whose
     squared norm overflows (entries beyond ~1e19 in float32) map to the origin, never to NaN.
 
-    Equal to geoopt's ``expmap0`` with ``k = -c`` followed by its ``project`` for unclipped
-    norms; written out here so the clipping costs no extra pass over the ``[B, D, H, W]`` map.
+    Equal to geoopt's ``expmap0`` with ``k = -c`` followed by its ``project`` (the released
+    HALO head's ``HyperMapper.expmap``): in float64 (without ``max_norm``) it is computed in
+    their order of operations, so the two agree to the last bits; in other dtypes it is written
+    out so the clipping costs no extra pass over the ``[B, D, H, W]`` map.
     """
     if max_norm is not None and not (math.isfinite(max_norm) and max_norm > 0):
         raise ValueError(
             f"max_norm must be a finite number > 0 or None, but got max_norm={max_norm!r}"
         )
     c_t = _curvature_tensor(c, v)
-    sqrt_c = c_t.sqrt()
+    sqrt_c = _geoopt_sqrt(c_t)
+    if v.dtype == torch.float64 and max_norm is None:
+        return _expmap0_then_project(v, sqrt_c, dim)
     limit = math.atanh(1.0 - proj_eps(v.dtype)) / sqrt_c  # [] largest kept tangent norm
     if max_norm is not None:
         limit = limit.clamp_max(max_norm)
@@ -183,31 +203,68 @@ def expmap0(v: Tensor, *, c: CurvatureLike, dim: int = -1, max_norm: float | Non
     return v * scale
 
 
+def _expmap0_then_project(v: Tensor, sqrt_c: Tensor, dim: int) -> Tensor:
+    """geoopt's ``expmap0`` then ``project`` (float64 margin), step by step in geoopt's order.
+
+    The same points as the clipped form of :func:`expmap0` (tangent norms past
+    ``artanh(1 - ε)/√c`` land on the projection radius either way), with geoopt's rounding.
+    """
+    u_norm = torch.linalg.vector_norm(v, dim=dim, keepdim=True).clamp_min(MIN_NORM)
+    mapped = sqrt_c.reciprocal() * torch.tanh((u_norm * sqrt_c).clamp(-15, 15)) * (v / u_norm)
+    max_norm = (1 - proj_eps(v.dtype)) / sqrt_c
+    norm = torch.linalg.vector_norm(mapped, dim=dim, keepdim=True).clamp_min(MIN_NORM)
+    return torch.where(norm > max_norm, mapped / norm * max_norm, mapped)
+
+
 def dist0(x: Tensor, *, c: CurvatureLike, dim: int = -1, keepdim: bool = False) -> Tensor:
     """Geodesic distance to the origin (the hyperbolic radius), ``2/√c · artanh(√c‖x‖)``.
 
-    ``√c‖x‖`` is clamped to ``1 - ε`` (clamped artanh), so points on or beyond the projection
-    boundary get the maximal radius :func:`max_radius` and a finite gradient.
+    geoopt's ``dist0`` (``k = -c``): ``√c‖x‖`` is clamped at ``1 - 1e-7``, so points on or
+    beyond the rim get a large finite radius and a finite gradient. Computed in ``x``'s dtype:
+    float64 embeddings (the released head's) resolve radii up to ≈ 12.2 without ties.
     """
     c_t = _curvature_tensor(c, x)
-    sqrt_c = c_t.sqrt()
+    sqrt_c = _geoopt_sqrt(c_t)
     norm = torch.linalg.vector_norm(x, dim=dim, keepdim=keepdim)  # exact 0 (and gradient 0) at 0
-    scaled = (sqrt_c * norm).clamp_max(1.0 - proj_eps(x.dtype))
-    return 2.0 / sqrt_c * torch.atanh(scaled)
+    return _radius_of_norm(norm, sqrt_c)
+
+
+def _radius_of_norm(norm: Tensor, sqrt_c: Tensor) -> Tensor:
+    """``2/√c · artanh(min(√c‖x‖, 1 - 1e-7))`` in geoopt's form (``dist0``), to its last bits."""
+    scaled = (norm * sqrt_c).clamp_max(_ARTANH_CLAMP)
+    artanh = (torch.log(1 + scaled) - torch.log(1 - scaled)) * 0.5
+    return 2.0 * (sqrt_c.reciprocal() * artanh)
 
 
 def radius_map(z: Tensor, *, c: CurvatureLike) -> Tensor:
-    """Per-pixel hyperbolic radius of channel-first ball embeddings: ``[B?, D, H, W] -> [B?, H, W]``."""
+    """Per-pixel hyperbolic radius of channel-first ball embeddings: ``[B?, D, H, W] -> [B?, H, W]``.
+
+    :func:`dist0` over the channels, with the squared norm accumulated channel by channel:
+    a norm over the strided channel dimension of a full-resolution map is several times
+    slower on CPU. Differs from ``dist0`` only in the rounding of that sum (float64: ~1e-16
+    relative in the norm).
+    """
     if z.dim() not in (3, 4):
         raise ValueError(
             f"z must be channel-first ball embeddings of shape [D, H, W] or [B, D, H, W], "
             f"but got shape {tuple(z.shape)}"
         )
-    return dist0(z, c=c, dim=-3)
+    sqrt_c = _geoopt_sqrt(_curvature_tensor(c, z))
+    channels = z.unbind(dim=-3)  # D maps [B?, H, W]
+    sq = channels[0] * channels[0]
+    for channel in channels[1:]:
+        sq = sq.addcmul(channel, channel)
+    return _radius_of_norm(sq.sqrt(), sqrt_c)
 
 
 def hyperbolic_mlr(
-    x: Tensor, offsets: Tensor, normals: Tensor, *, c: CurvatureLike, dim: int = 1
+    x: Tensor,
+    offsets: Tensor,
+    normals: Tensor,
+    *,
+    c: CurvatureLike,
+    dim: int = 1,
+    reference: bool = False,
 ) -> Tensor:
     """Hyperbolic multinomial logistic regression logits (Ganea et al. 2018, eq. 25).
 
@@ -229,6 +286,11 @@ def hyperbolic_mlr(
         normals: ``[C, D]`` tangent vectors ``a_k`` at the origin.
         c: curvature magnitude > 0.
         dim: the coordinate dimension of ``x``; the classes take its place in the output.
+        reference: compute as the released HALO code's ``HyperMLR`` (see
+            :func:`_hyperbolic_mlr_reference`): offsets used as given, even outside the ball,
+            the constant 2 for ``λ_{p_k}``, and ``z_k`` projected to norm ``(1 - 1e-3)/√c``
+            before the inner product, with its ``1e-12`` floors. Equal to the default for
+            points whose ``z_k`` lie within that radius and offsets inside the ball.
 
     Returns:
         logits shaped like ``x`` with ``D`` replaced by ``C`` (``[B, C, H, W]``, contiguous for
@@ -258,6 +320,8 @@ def hyperbolic_mlr(
             f"but got shape {tuple(x.shape)}"
         )
     c_t = _curvature_tensor(c, x)
+    if reference:
+        return _hyperbolic_mlr_reference(x, offsets.to(x.dtype), normals.to(x.dtype), c_t, dim)
     sqrt_c = c_t.sqrt()
     min_conformal = 1.0 - (1.0 - proj_eps(x.dtype)) ** 2
 
@@ -275,6 +339,45 @@ def hyperbolic_mlr(
     gain = (2 * sqrt_c) / (1 - c_t * x2).clamp_min(min_conformal)  # [N, 1, P]
     inner = torch.einsum("kd,ndp->nkp", weight, xf) + (1 + c_t * x2) * r  # [N, C, P]
     logits = (2 / sqrt_c) * a_norm * torch.asinh(gain * inner)  # [N, C, P]
+    return logits.reshape(xc.shape[0], offsets.shape[0], *xc.shape[2:]).movedim(1, dim)
+
+
+def _hyperbolic_mlr_reference(x: Tensor, offsets: Tensor, normals: Tensor, c: Tensor, dim: int) -> Tensor:
+    """The released HALO ``HyperMLR._hyper_logits`` arithmetic, for any ``dim`` (same formulas).
+
+    With ``y = -p``, ``⟨·,·⟩`` per class and pixel::
+
+        α = (1 + 2c⟨y,x⟩ + c‖x‖²)/δ,  β = (1 - c‖y‖²)/δ,  δ = max(1 + 2c⟨y,x⟩ + c²‖x‖²‖y‖², 1e-12)
+        n² = ‖α y + β x‖²;  m = (1 - 1e-3)/√c
+        s  = m / max(n, 1e-12) if n > m else 1;   n̂² = n² if n < m else m²
+        logit = 2/√c · ‖a‖ · asinh( √c · s·(β⟨x,â⟩ + α⟨y,â⟩) · 2/max(1 - c·n̂², 1e-12) )
+    """
+    y = -offsets  # [C, D]
+    a_norm = torch.linalg.vector_norm(normals, dim=-1)  # [C]
+    a_hat = F.normalize(normals, dim=-1)  # [C, D]
+    sqrt_c = c.sqrt()
+    floor = torch.tensor(_REFERENCE_FLOOR, dtype=x.dtype, device=x.device)
+
+    xc = x.movedim(dim, 1)  # [N, D, *S]
+    xf = xc.reshape(xc.shape[0], xc.shape[1], -1)  # [N, D, P]
+    xx = torch.linalg.vector_norm(xf, dim=1, keepdim=True) ** 2  # [N, 1, P]
+    yy = (torch.linalg.vector_norm(y, dim=-1) ** 2)[None, :, None]  # [1, C, 1]
+    yx = torch.einsum("kd,ndp->nkp", y, xf)  # [N, C, P]
+    numerator_a = 1 + 2 * c * yx + c * xx
+    numerator_b = 1 - c * yy
+    denominator = torch.maximum(1 + 2 * c * yx + c * xx * c * yy, floor)
+    alpha = numerator_a / denominator  # [N, C, P]
+    beta = numerator_b / denominator  # [N, C, P]
+    sum_sq = alpha**2 * yy + beta**2 * xx + 2 * alpha * beta * yx  # ‖(-p) ⊕ x‖²
+    max_norm = (1.0 - _REFERENCE_MLR_PROJ_EPS) / sqrt_c
+    norm = torch.sqrt(sum_sq)
+    shrink = torch.where(norm > max_norm, max_norm / torch.maximum(norm, floor), torch.ones_like(sum_sq))
+    sum_sq_projected = torch.where(norm < max_norm, sum_sq, torch.ones_like(sum_sq) * max_norm**2)
+    x_dot_a = beta * torch.einsum("kd,ndp->nkp", a_hat, xf)
+    y_dot_a = alpha * (y * a_hat).sum(dim=-1)[None, :, None]
+    z_dot_a = (x_dot_a + y_dot_a) * shrink
+    lambda_z = 2.0 / torch.maximum(1 - c * sum_sq_projected, floor)
+    logits = 2.0 / sqrt_c * a_norm[None, :, None] * torch.asinh(sqrt_c * z_dot_a * lambda_z)  # [N, C, P]
     return logits.reshape(xc.shape[0], offsets.shape[0], *xc.shape[2:]).movedim(1, dim)
 
 
@@ -333,19 +436,32 @@ HFR_NORMS = ("rms", "l2")
 """Spatial normalisations of :class:`HFR`: ``"rms"`` (resolution-independent, default) or
 ``"l2"`` (the HALO reference code's)."""
 
+HFR_POSITIVITY = ("softplus", "clamp")
+"""How :class:`HFR` keeps its channel weights positive: ``"softplus"`` (default, every channel
+trainable) or ``"clamp"`` (the HALO reference code's ``clamp(min=1e-5)``)."""
+
+#: The released HFR's floor of the channel weights (``torch.clamp(norm_weights, min=1e-5)``).
+HFR_CLAMP_MIN = 1e-5
+
 
 class HFR(nn.Module):
     """Hyperbolic Feature Reweighting (HALO): per-image, per-channel rescaling before ``expmap0``.
 
     What it computes, for features ``f`` of shape ``[B, D, H, W]`` (``P = H·W`` pixels):
 
-    1. channel weights ``w = softplus( mean_{pixels} MLP(f(x)) )`` of shape ``[B, D]``, where the
-       MLP is Linear(D, D) → BatchNorm → ReLU → Linear(D, D) applied to every pixel; since the
-       last layer is linear, the pixel mean is taken before it (identical result, one matmul
-       less per pixel);
+    1. channel weights ``w = pos( mean_{pixels} MLP(f(x)) )`` of shape ``[B, D]``, where the MLP
+       is ``self.mlp`` = Linear(D, D) → BatchNorm1d(D) → ReLU → Linear(D, D) applied to every
+       pixel vector (the released ``wn_mlp``, in that order, so its state dict loads as is).
+       ``pos`` is ``softplus`` (default) or
+       ``clamp(min=1e-5)`` (``positivity="clamp"``, the reference);
     2. each channel map normalised over the image's pixels: ``f̂_d = f_d / ‖f_d‖₂`` (``"l2"``,
        as the reference) or ``f̂_d = f_d / ‖f_d‖₂ · √(P/D)`` (``"rms"``, the default);
     3. output ``f̂_d(x) · w_d``.
+
+    The BatchNorm is an ordinary one: batch statistics of all ``B·H·W`` pixel vectors in
+    training, running statistics in eval mode, trained affine parameters. HALO's code keeps
+    it so even when the backbone's BatchNorms are frozen (``freeze_bn``), and so does
+    ``halo_ray.models.freeze_batchnorm``.
 
     Why it keeps embeddings away from the boundary: after step 2 the image's total squared
     tangent norm is fixed by the weights, ``Σ_x ‖out(x)‖² = ‖w‖²`` (``"l2"``) or
@@ -353,21 +469,20 @@ class HFR(nn.Module):
     the rim where ``tanh`` saturates and gradients vanish; the learned weights decide, per
     channel and per image, how far out the embeddings go.
 
-    Differences from the HALO reference code (``wn_mlp`` / ``weighted_norm`` in its classifier):
+    Why the defaults differ from the reference (measured numbers in the README):
 
-    * positivity: the reference uses ``clamp(min=1e-5)``, which zeroes the gradient of every
-      channel whose mean weight is negative (about half of them at initialisation), so they
-      stay dead; ``softplus`` has the same range and keeps every channel trainable;
+    * positivity: ``clamp(min=1e-5)`` zeroes the gradient of every channel whose mean weight is
+      negative (about half of them at initialisation), so they stay dead; ``softplus`` has the
+      same range and keeps every channel trainable;
     * scale (``"rms"``): with the reference's unit L2 norm over all pixels, a typical pixel's
       tangent norm is ``‖w‖/√P``: it shrinks as the image grows (≈ 0.1 at 2048 pixels with
       initial weights, ≈ 0.02 at the reference's 51 200), so embeddings start near the origin
       with tiny MLR logits, learning is slow, and scoring at another resolution than training
       moves every radius. ``"rms"`` multiplies by ``√(P/D)`` so that the mean squared norm per
-      pixel is the mean squared weight, whatever the resolution. ``"l2"`` reproduces the
-      reference.
+      pixel is the mean squared weight, whatever the resolution.
     """
 
-    def __init__(self, channels: int, *, spatial_norm: str = "rms"):
+    def __init__(self, channels: int, *, spatial_norm: str = "rms", positivity: str = "softplus"):
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an integer >= 1, but got channels={channels!r}")
@@ -375,16 +490,28 @@ class HFR(nn.Module):
             raise ValueError(
                 f"spatial_norm must be one of {', '.join(HFR_NORMS)}, but got spatial_norm={spatial_norm!r}"
             )
+        if positivity not in HFR_POSITIVITY:
+            raise ValueError(
+                f"positivity must be one of {', '.join(HFR_POSITIVITY)}, but got positivity={positivity!r}"
+            )
         self.channels = channels
         self.spatial_norm = spatial_norm
-        self.fc1 = nn.Conv2d(channels, channels, kernel_size=1)  # per-pixel Linear(D, D)
-        self.bn = nn.BatchNorm2d(channels)  # = BatchNorm1d over the B·H·W pixel vectors
-        self.fc2 = nn.Linear(channels, channels)
+        self.positivity = positivity
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels),  # per-pixel D×D linear
+            nn.BatchNorm1d(channels),  # over the B·H·W pixel vectors
+            nn.ReLU(),
+            nn.Linear(channels, channels),
+        )
 
     def weights(self, f: Tensor) -> Tensor:
         """Positive channel weights ``[B, D]`` for features ``f`` ``[B, D, H, W]``."""
-        hidden = F.relu(self.bn(self.fc1(f)))  # [B, D, H, W]
-        return F.softplus(self.fc2(hidden.mean(dim=(-2, -1))))  # [B, D]
+        batch, channels = f.shape[:2]
+        pixels = f.permute(0, 2, 3, 1).reshape(-1, channels)  # [B·H·W, D]
+        raw = self.mlp(pixels).view(batch, -1, channels).mean(dim=1)  # [B, D]
+        if self.positivity == "clamp":
+            return raw.clamp(min=HFR_CLAMP_MIN)
+        return F.softplus(raw)
 
     def forward(self, f: Tensor) -> Tensor:
         """Reweighted features ``[B, D, H, W]`` (still Euclidean; ``expmap0`` comes next)."""
@@ -394,30 +521,63 @@ class HFR(nn.Module):
                 f"but got {tuple(f.shape)}"
             )
         w = self.weights(f)  # [B, D]
-        spatial_norm = _norm(f.flatten(2), dim=-1, keepdim=False)  # [B, D]  ‖f_d‖₂ over H×W
         if self.spatial_norm == "rms":
             w = w * math.sqrt(f.shape[-2] * f.shape[-1] / self.channels)
-        return f * (w / spatial_norm)[:, :, None, None]  # f_d / ‖f_d‖ · w_d
+        unit = F.normalize(f.flatten(2), dim=-1).view_as(f)  # f_d / ‖f_d‖₂ over H×W
+        return unit * w[:, :, None, None]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        """Read checkpoints of halo_ray ≤ 0.1 (``fc1`` a 1×1 conv, ``bn``, ``fc2``) too."""
+        renames = {"fc1.": "mlp.0.", "bn.": "mlp.1.", "fc2.": "mlp.3."}
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix) :]
+            for old, new in renames.items():
+                if rest.startswith(old):
+                    value = state_dict.pop(key)
+                    if old == "fc1." and rest.endswith("weight") and value.dim() == 4:
+                        value = value.flatten(1)  # [D, D, 1, 1] conv kernel -> [D, D]
+                    state_dict[prefix + new + rest[len(old) :]] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, spatial_norm={self.spatial_norm!r}"
+        return f"channels={self.channels}, spatial_norm={self.spatial_norm!r}, positivity={self.positivity!r}"
+
+
+MLR_FORMS = ("ball", "released")
+"""Forms of :class:`HyperbolicMLR`: ``"ball"`` (default: offsets kept inside the ball as
+``expmap0`` of a tangent parameter, :func:`hyperbolic_mlr`'s closed form) or ``"released"``
+(HALO's ``HyperMLR``: offsets a plain parameter used as given, its arithmetic)."""
 
 
 class HyperbolicMLR(nn.Module):
     """Hyperbolic MLR classifier for channel-first ball embeddings ``[B, D, H, W] -> [B, C, H, W]``.
 
-    Parameters (Khrulkov et al.'s parametrisation, which plain SGD/Adam can train):
+    Parameters, by ``form``:
 
-    * ``offsets_tangent`` ``[C, D]``: the class offsets as tangent vectors at the origin;
+    * ``"ball"`` (default; Khrulkov et al.'s parametrisation, which plain SGD/Adam can train):
+      ``offsets_tangent`` ``[C, D]``, the class offsets as tangent vectors at the origin;
       ``p_k = expmap0(offsets_tangent_k)`` is always inside the ball, whatever the step.
-    * ``normals`` ``[C, D]``: ``a_k`` in the tangent space at the origin, transported to ``p_k``.
+    * ``"released"`` (HALO's ``HyperMLR``): ``offsets_plain`` ``[C, D]``, the offsets ``p_k``
+      themselves, used as given (an optimiser step may take them out of the ball), with the
+      released arithmetic (:func:`hyperbolic_mlr` with ``reference=True``).
+    * both: ``normals`` ``[C, D]``, ``a_k`` in the tangent space at the origin, transported to
+      ``p_k``. Both parameters start uniform in ``±1/√D`` (kaiming-uniform, as the released code).
 
     ``curvature`` is a number (a fixed :class:`Curvature` is made) or a :class:`Curvature`
     module, which the classifier then owns (a head shares it through ``mlr.curvature``).
-    Logits come from :func:`hyperbolic_mlr`, computed in the input's dtype.
+    ``dtype`` is the parameters' dtype (the released head's are float64). Logits come from
+    :func:`hyperbolic_mlr`, computed in the input's dtype.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, curvature: float | Curvature = 1.0):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        curvature: float | Curvature = 1.0,
+        form: str = "ball",
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(
@@ -427,27 +587,42 @@ class HyperbolicMLR(nn.Module):
             raise ValueError(
                 f"num_classes must be an integer >= 1, but got num_classes={num_classes!r}"
             )
+        if form not in MLR_FORMS:
+            raise ValueError(f"form must be one of {', '.join(MLR_FORMS)}, but got form={form!r}")
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.form = form
         self.curvature = curvature if isinstance(curvature, Curvature) else Curvature(curvature)
-        self.offsets_tangent = nn.Parameter(torch.empty(num_classes, in_channels))
-        self.normals = nn.Parameter(torch.empty(num_classes, in_channels))
+        offsets = nn.Parameter(torch.empty(num_classes, in_channels, dtype=dtype))
+        if form == "released":
+            self.offsets_plain = offsets
+        else:
+            self.offsets_tangent = offsets
+        self.normals = nn.Parameter(torch.empty(num_classes, in_channels, dtype=dtype))
         self.reset_parameters()
+
+    @property
+    def _offset_parameter(self) -> nn.Parameter:
+        return self.offsets_plain if self.form == "released" else self.offsets_tangent
 
     def reset_parameters(self) -> None:
         """Uniform ``±1/√D`` init for both (as the HALO and Khrulkov code); seeded by torch's RNG."""
-        nn.init.kaiming_uniform_(self.offsets_tangent, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self._offset_parameter, a=math.sqrt(5))
         nn.init.kaiming_uniform_(self.normals, a=math.sqrt(5))
 
     def offsets(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The class offsets ``p_k`` in the ball, ``[C, D]``."""
-        p = self.offsets_tangent if dtype is None else self.offsets_tangent.to(dtype)
+        """The class offsets ``p_k``, ``[C, D]`` (in the ball for the ``"ball"`` form)."""
+        p = self._offset_parameter
+        p = p if dtype is None else p.to(dtype)
+        if self.form == "released":
+            return p
         return expmap0(p, c=self.curvature.value, dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits with classes on dim 1 (``[B, D, H, W] -> [B, C, H, W]``, ``[N, D] -> [N, C]``)."""
         c = self.curvature.value
-        return hyperbolic_mlr(x, self.offsets(x.dtype), self.normals, c=c, dim=1)
+        released = self.form == "released"
+        return hyperbolic_mlr(x, self.offsets(x.dtype), self.normals, c=c, dim=1, reference=released)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, num_classes={self.num_classes}"
+        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, form={self.form!r}"

@@ -275,9 +275,12 @@ class Learner:
         out: list[torch.Tensor] = []
         for start in range(0, len(indices), cfg.eval_batch_size):
             batch = list(indices[start : start + cfg.eval_batch_size])
-            logits, emb, c = self.trainer.forward_maps(self.data.target_train.images(batch))
+            images = self.data.target_train.images(batch)  # [B, h, w, 3] at the network input size
+            logits, emb, c = self.trainer.forward_maps(images)
+            # the released selection takes logits to the input size, then to the label size
+            via = tuple(images.shape[1:3]) if cfg.align_corners else None
             for j, i in enumerate(batch):
-                probs = self.trainer.upsample(logits[j : j + 1], shapes[i]).softmax(dim=1)[0]  # [C, H, W]
+                probs = self.trainer.upsample(logits[j : j + 1], shapes[i], via=via).softmax(dim=1)[0]  # [C, H, W]
                 ball = self.trainer.upsample(emb[j : j + 1], shapes[i])[0] if hyperbolic else None  # [D, H, W]
                 gen = torch.Generator(device=probs.device).manual_seed(image_seed(cfg.seed, round_index, i))
                 out.append(

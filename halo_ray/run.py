@@ -52,6 +52,7 @@ class Scorer(Protocol):
 HPARAM_KEYS = (
     "strategy", "budget", "seed", "unit", "rounds", "geometry", "curvature", "learnable_curvature",
     "bins", "region_size", "suppression", "boundary_window", "hfr", "embed_dim", "backbone", "loop",
+    "reference", "hfr_norm", "hfr_positivity", "head_dtype", "mlr", "align_corners", "optimizer", "lr",
 )
 HPARAM_METRICS = ("eval/miou", "eval/pixel_acc", "eval/labelled_pct")
 

@@ -1,4 +1,4 @@
-"""Losses, the training step loop, prediction and evaluation — no Ray, no files.
+"""The training step loop, prediction and evaluation — no Ray, no files (losses: ``losses.py``).
 
 The :class:`Trainer` owns the model and its optimizer. The run (``run.py``) and, later,
 the Ray trainer actor drive it through the same few methods: ``train``, ``predict``,
@@ -29,15 +29,13 @@ from halo_ray.data.labels import IGNORE_INDEX
 from halo_ray.data.layouts import Sample, resize_image, resize_label
 from halo_ray.data.synthia import SYNTHIA_ABSENT_TRAIN_IDS, synthia_miou
 from halo_ray.hyperbolic import radius_map
+from halo_ray.losses import local_consistency_loss, negative_learning_loss
 from halo_ray.models import build_segmenter, find_encoder, freeze_batchnorm, load_backbone_weights
 
 # ImageNet statistics: the papers' backbones are ImageNet-pretrained, and the same
 # normalisation is kept for the small backbone so weights stay interchangeable.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-#: Negative-learning threshold: classes below this probability are "surely not" labels (RIPU).
-NEGATIVE_THRESHOLD = 0.05
 
 #: Logit of a class the run does not train (SYNTHIA's missing three): finite, so no NaN in
 #: losses or entropies, and low enough that its softmax probability is 0 in float32.
@@ -95,36 +93,6 @@ def scheduled_lr(cfg: ExperimentConfig, step: int, total: int) -> float:
     if step < cfg.warmup_steps:
         lr *= cfg.warmup_start + (1.0 - cfg.warmup_start) * step / cfg.warmup_steps
     return lr
-
-
-# ----------------------------------------------------------------------------------
-# losses
-
-
-def negative_learning_loss(
-    logits: torch.Tensor, threshold: float = NEGATIVE_THRESHOLD, classes: torch.Tensor | None = None
-) -> torch.Tensor:
-    """RIPU's negative learning: push down classes the model already deems unlikely.
-
-    For every pixel, the complementary labels are the classes with probability below
-    ``threshold``; the loss is the mean of ``−log(1 − p_c)`` over them. ``classes`` (bool
-    ``[C]``) limits them to the classes the run trains (a SYNTHIA source has 16 of 19).
-    """
-    probs = logits.softmax(dim=1)  # [B, C, H, W]
-    negative = probs < threshold
-    if classes is not None:
-        negative = negative & classes.view(1, -1, 1, 1)
-    negative = negative.float()
-    count = negative.sum(dim=1).clamp_min(1.0)
-    loss = -(torch.log((1.0 - probs).clamp_min(1e-6)) * negative).sum(dim=1) / count
-    return loss.mean()
-
-
-def local_consistency_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """RIPU's local consistency: the 3×3 mean prediction must agree with each pixel's label."""
-    probs = logits.softmax(dim=1)
-    mean = F.avg_pool2d(probs, 3, stride=1, padding=1, count_include_pad=False)  # [B, C, H, W]
-    return F.nll_loss(torch.log(mean.clamp_min(1e-8)), labels, ignore_index=IGNORE_INDEX, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------------
@@ -632,6 +600,9 @@ class Trainer:
             learnable_curvature=cfg.learnable_curvature,
             hfr=cfg.hfr,
             hfr_norm=cfg.hfr_norm,
+            hfr_positivity=cfg.hfr_positivity,
+            head_dtype=cfg.head_dtype,
+            mlr=cfg.mlr,
         )
         #: what loading ``pretrained`` did (None without it), for the run's log
         self.weights_report = load_backbone_weights(model, cfg.pretrained) if cfg.pretrained else None
@@ -696,8 +667,7 @@ class Trainer:
         """Logits (float32) upsampled to the input resolution, plus the raw output."""
         with self._autocast():
             out = self.model(x)
-        logits = F.interpolate(self._masked(out.logits), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, out
+        return self.upsample(self._masked(out.logits), x.shape[-2:]), out
 
     def train(
         self,
@@ -796,15 +766,20 @@ class Trainer:
         ``[B, h, w]``, flips ``[B]``). Pixel-averaged terms (cross-entropies, local
         consistency) are divided by the whole batch's count of labelled pixels; negative
         learning (an equal number of pixels per image) by the number of micro-batches.
-        Frozen BatchNorm makes accumulation exact.
+        Frozen BatchNorm makes accumulation exact for these.
+
+        Local consistency and negative learning are the released losses of each micro-batch
+        (mean over its boundary pixels, sum over its negatives / their count) divided by the
+        number of micro-batches: what the released code's data-parallel GPUs, one micro-batch
+        each, average.
         """
         cfg = self.cfg
         loss = torch.zeros((), device=self.device)
         if src is not None:
             logits, y, valid = self._micro_batch_forward(src, part)
             loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum") / valid
-            if cfg.local_consistency:
-                loss = loss + local_consistency_loss(logits, y, reduction="sum") / valid
+            if cfg.local_consistency > 0:
+                loss = loss + cfg.local_consistency * local_consistency_loss(logits, y) / cfg.grad_accum
             if tgt is not None and cfg.source_weight != 1.0:  # the rounds weigh the source terms
                 loss = loss * cfg.source_weight
         if tgt is not None:
@@ -828,18 +803,24 @@ class Trainer:
     @torch.no_grad()
     def forward_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         """uint8 ``[B, h, w, 3]`` → (logits ``[B, C, h', w']``, embeddings ``[B, D, h', w']``, c),
-        float32 at the model's output resolution; :meth:`upsample` takes them to any size."""
+        at the model's output resolution (logits float32, embeddings float32 or, from a float64
+        head, float64); :meth:`upsample` takes them to any size."""
         self.model.eval()
         x = normalize(images.to(self.device))
         with self._autocast():
             out = self.model(x)
-        return self._masked(out.logits), out.embeddings.float(), self.model.curvature
+        emb = out.embeddings if out.embeddings.dtype == torch.float64 else out.embeddings.float()
+        return self._masked(out.logits), emb, self.model.curvature
 
-    @staticmethod
-    def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """Bilinear upsampling of ``[B, K, h', w']`` maps to ``size=(H, W)``. Keeps ball points
-        inside the ball (a convex combination of points of a ball lies in it)."""
-        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    def upsample(self, maps: torch.Tensor, size: Sequence[int], *, via: Sequence[int] | None = None) -> torch.Tensor:
+        """Bilinear upsampling of ``[B, K, h', w']`` maps to ``size=(H, W)``, with the config's
+        ``align_corners``. Keeps ball points inside the ball (a convex combination of points of
+        a ball lies in it). ``via`` (an intermediate size) first goes there, as the released
+        selection code takes logits to the network input size and then to the label size."""
+        align = bool(self.cfg.align_corners)
+        if via is not None and tuple(via) != tuple(maps.shape[-2:]) and tuple(via) != tuple(size):
+            maps = F.interpolate(maps, size=tuple(via), mode="bilinear", align_corners=align)
+        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=align)
 
     @torch.no_grad()
     def predict(
@@ -947,8 +928,6 @@ __all__ = [
     "upsample_chunks",
     "confusion_matrix",
     "iou_from_confusion",
-    "local_consistency_loss",
-    "negative_learning_loss",
     "normalize",
     "poly_lr",
     "scheduled_lr",

@@ -97,7 +97,7 @@ def test_report_files_hold_the_numbers(search_dir, tmp_path):
     assert pd.read_csv(out / "radius_analysis.csv").set_index("trial_id").loc["pooled", "spearman"] == pytest.approx(1.0)
 
     text = (out / "report.md").read_text()
-    assert "| halo | 5 | 53.00 | 3.61 | 3 |" in text  # sqrt(13) = 3.61
+    assert "| halo | 5 | 53.00 | 3.61 | 8.96 | 3 |" in text  # sqrt(13) = 3.61; t(.975, 2)·sqrt(13/3) = 8.96
     assert "| halo | random | 5 | 4.00 | 3 |" in text
     missing = text.split("## Missing")[1].split("##")[0]
     assert "| halo_stopped | halo | 5 | 5 | 4 | 1 | 2-4 |" in missing
@@ -193,3 +193,28 @@ def test_bad_input_raises_and_writes_nothing(tmp_path, make, baseline, message):
     assert isinstance(err.value, ValueError)
     assert "ripu" in str(err.value) or "results_here" in str(err.value)  # names the value or the path
     assert not out.exists()
+
+
+def test_a_search_over_variants_gets_one_row_per_configuration_with_its_interval(tmp_path):
+    """Three HFR variants x 3 seeds: the report's configuration table groups by every varied
+    key, with the 95 % t-interval of each mean."""
+    results = tmp_path / "runs" / "hfr" / "results"
+    variants = [{"hfr": False}, {"hfr": True, "hfr_norm": "rms"}, {"hfr": True, "hfr_norm": "l2"}]
+    finals = {0: [40.0, 42.0, 44.0], 1: [50.0, 51.0, 55.0], 2: [45.0, 45.0, 48.0]}
+    for v, variant in enumerate(variants):
+        for seed, final in enumerate(finals[v]):
+            for r in range(3):
+                row = make_row(f"t{v}_{seed}", r, seed=seed, miou=final - 10.0 * (2 - r))
+                config = {**json.loads(row["config_json"]), "hfr_norm": "rms", **variant}
+                row.update(hfr=config["hfr"], config_json=json.dumps(config))
+                write_round_row(results, row)
+    report = write_report(results.parent, tmp_path / "analysis")
+    table = report.tables["configurations"].set_index(["hfr", "hfr_norm"])
+    assert list(report.tables["configurations"].columns) == [
+        "hfr", "hfr_norm", "budget", "miou_mean", "miou_std", "miou_ci95", "n"
+    ]
+    rms = table.loc[(True, "rms")]
+    assert rms["miou_mean"] == pytest.approx(52.0) and rms["n"] == 3
+    assert rms["miou_ci95"] == pytest.approx(4.302652729911275 * math.sqrt(7.0 / 3.0))  # t(.975, 2)·s/√3, s² = 7
+    assert table.loc[(False, "rms"), "miou_mean"] == pytest.approx(42.0)
+    assert "## Final mIoU per configuration" in report.report_md.read_text()

@@ -100,6 +100,7 @@ def test_strategy_table_exact_mean_std_and_single_seed(search):
     halo = table.loc[("halo", 5.0)]
     assert halo["miou_mean"] == pytest.approx(53.0)
     assert halo["miou_std"] == pytest.approx(math.sqrt(13.0))  # deviations -3, -1, 4 → 26 / (3 - 1)
+    assert halo["miou_ci95"] == pytest.approx(4.302652729911275 * math.sqrt(13.0 / 3.0))  # t(.975, 2)·s/√n
     assert halo["n_seeds"] == 3  # the partial trial is not counted
     assert table.loc[("random", 5.0), "miou_mean"] == pytest.approx(49.0)
     assert table.loc[("random", 5.0), "miou_std"] == pytest.approx(1.0)

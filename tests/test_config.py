@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_experiment_loads_with_documented_values():
     cfg = load_config(ROOT / "experiments" / "synthetic.yaml")
     assert (cfg.strategy, cfg.budget, cfg.rounds, cfg.region_size, cfg.suppression_size) == ("halo", 5.0, 5, 3, 11)
-    assert cfg.weight_decay == pytest.approx(5e-4)  # written 5.0e-4 so PyYAML reads a float
+    assert cfg.weight_decay == pytest.approx(1e-4)  # written 1.0e-4 so PyYAML reads a float
+    assert (cfg.optimizer, cfg.lr) == ("adamw", pytest.approx(3e-3))
 
 
 def test_overrides_are_typed_and_applied(tmp_path):
@@ -122,3 +123,98 @@ def test_run_id_hashes_only_keys_away_from_their_defaults():
     assert build_config({}).run_id() == hashlib.sha256(b"{}").hexdigest()[:10]
     assert build_config({"budget": 2.0}).run_id() == hashlib.sha256(json.dumps({"budget": 2.0}).encode()).hexdigest()[:10]
     assert build_config({"budget": 2.0, "device": "cpu"}).run_id() == build_config({"budget": 2.0}).run_id()
+
+
+# ------------------------------------------------------------------------------------------
+# reference: true — the released arithmetic everywhere, each difference switchable on its own
+# ------------------------------------------------------------------------------------------
+def test_reference_selects_every_released_value_and_explicit_keys_win():
+    from halo_ray.config import REFERENCE_DEFAULTS
+
+    ours, released = build_config({}), build_config({"reference": True})
+    for key, (our_value, released_value) in REFERENCE_DEFAULTS.items():
+        assert getattr(ours, key) == our_value, key
+        assert getattr(released, key) == released_value, key
+    assert (released.hfr_norm, released.hfr_positivity, released.head_dtype, released.mlr) == (
+        "l2", "clamp", "float64", "released"
+    )
+    assert released.align_corners is True
+    mixed = build_config({"reference": True, "hfr_positivity": "softplus", "head_dtype": "float32"})
+    assert (mixed.hfr_positivity, mixed.head_dtype, mixed.hfr_norm, mixed.mlr) == ("softplus", "float32", "l2", "released")
+    alone = build_config({"hfr_positivity": "clamp"})  # one released difference, our defaults otherwise
+    assert (alone.hfr_positivity, alone.hfr_norm, alone.head_dtype, alone.reference) == ("clamp", "rms", "float32", False)
+    # resolved values are what a checkpoint stores, and reading them back gives the same config
+    assert build_config(released.to_dict()) == released
+    # explicit defaults keep a run's id; a released value changes it
+    assert build_config({"hfr_norm": "rms", "align_corners": False}).run_id() == ours.run_id()
+    assert alone.run_id() != ours.run_id()
+
+
+def test_the_papers_protocol_files_run_the_released_arithmetic():
+    for name in ("gtav_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_acdc", "gtav_to_cityscapes_ripu"):
+        cfg = load_config(ROOT / "experiments" / f"{name}.yaml")
+        assert cfg.reference and cfg.align_corners and cfg.head_dtype == "float64", name
+        assert (cfg.hfr_positivity, cfg.hfr_norm, cfg.mlr) == ("clamp", "l2", "released"), name
+    assert load_config(ROOT / "experiments" / "gtav_to_cityscapes_ripu.yaml").local_consistency == pytest.approx(0.1)
+    assert load_config(ROOT / "experiments" / "gtav_to_cityscapes.yaml").local_consistency == 0.0
+
+
+def test_source_key_tracks_the_head_and_upsampling_keys():
+    base = build_config({})
+    for change in ({"hfr_positivity": "clamp"}, {"head_dtype": "float64"}, {"mlr": "released"},
+                   {"align_corners": True}, {"local_consistency": 0.1}, {"hfr_norm": "l2"}):
+        assert build_config(change).source_key() != base.source_key(), change
+    assert build_config({"local_consistency": 0}).source_key() == base.source_key()
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"hfr_positivity": "relu"}, "hfr_positivity must be one of ['softplus', 'clamp'], but got hfr_positivity='relu'"),
+        ({"head_dtype": "float16"}, "head_dtype must be one of ['float32', 'float64'], but got head_dtype='float16'"),
+        ({"mlr": "plain"}, "mlr must be one of ['ball', 'released'], but got mlr='plain'"),
+        ({"align_corners": "sometimes"}, "align_corners must be true or false"),
+        ({"local_consistency": -0.1}, "local_consistency is the weight of RIPU's local-consistency loss, a finite number >= 0"),
+        ({"local_consistency": float("inf")}, "but got local_consistency=inf"),
+        ({"local_consistency": True}, "local_consistency is now the weight of RIPU's local-consistency loss (a number: RIPU 0.1, 0 = off)"),
+        ({"local_consistency": False}, "not a switch, but got local_consistency=False"),
+        ({"amp": True, "head_dtype": "float64"}, "amp=true (bfloat16 autocast) cannot run with head_dtype='float64'"),
+        ({"amp": True, "reference": True}, "head_dtype='float64' (implied by reference: true; set head_dtype: float32 to keep amp)"),
+    ],
+)
+def test_head_and_loss_keys_refuse_values_outside_their_sets(values, expected):
+    with pytest.raises(ConfigError) as err:
+        build_config(values, origin="exp.yaml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("exp.yaml:")
+
+
+def test_an_old_local_consistency_switch_fails_through_the_cli_with_exit_2(tmp_path):
+    from halo_ray.cli import main
+
+    old = tmp_path / "old.yaml"
+    old.write_text("local_consistency: true\n")
+    out = tmp_path / "run"
+    assert main(["run", str(old), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert build_config({"amp": True, "reference": True, "head_dtype": "float32"}).amp  # the way out works
+
+
+def test_keys_left_null_keep_following_reference_through_replace_and_searches(tmp_path):
+    from halo_ray.distributed.space import load_search_space
+
+    ours = build_config({})
+    assert ours.replace(reference=True).head_dtype == "float64"
+    assert ours.replace(reference=True, head_dtype="float32").head_dtype == "float32"
+    pinned = build_config({"hfr_norm": "rms"})  # set explicitly: stays
+    assert pinned.replace(reference=True).hfr_norm == "rms" and pinned.replace(reference=True).mlr == "released"
+    assert ours.to_values()["hfr_norm"] is None and pinned.to_values()["hfr_norm"] == "rms"
+    assert ours.to_dict()["hfr_norm"] == "rms"  # records hold what the run computes with
+    (tmp_path / "e.yaml").write_text("geometry: hyperbolic\n")
+    (tmp_path / "s.yaml").write_text(
+        "experiment: e.yaml\nparameters:\n  reference: {grid: [false, true]}\n  seed: {grid: [0]}\n"
+    )
+    space = load_search_space(tmp_path / "s.yaml")
+    released = space.trial_config({"reference": True, "seed": 0})
+    assert (released.hfr_positivity, released.head_dtype, released.align_corners) == ("clamp", "float64", True)
+    assert space.trial_config({"reference": False, "seed": 0}).hfr_positivity == "softplus"

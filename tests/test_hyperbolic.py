@@ -160,7 +160,30 @@ def test_dist0_at_and_beyond_the_rim_is_finite_with_finite_gradient():
     d.sum().backward()
     assert torch.isfinite(d).all() and torch.isfinite(x.grad).all()
     assert d[1].item() == 0.0
-    assert d[0].item() == pytest.approx(max_radius(torch.float32, c=1.0), rel=1e-6)
+    clamp = torch.tensor(1 - 1e-7, dtype=torch.float32).double()  # geoopt's artanh clamp
+    assert d[0].item() == pytest.approx(2 * torch.atanh(clamp).item(), rel=1e-6)
+    assert d[2].item() == d[0].item()  # outside the ball: the same clamped radius
+    assert max_radius(torch.float32, c=1.0) < d[0].item()  # points of the module stay inside it
+
+
+@pytest.mark.parametrize("c", CURVATURES)
+def test_float64_radius_reaches_the_released_range_and_float32_ties_at_the_rim(c):
+    """The released head maps to the ball in float64: radii reach 2/√c·artanh(1 - 1e-5) ≈ 12.2/√c
+    and tangent norms of 6 and 8 stay apart; in float32 both sit at the ≈ 6.2/√c rim."""
+    direction = torch.nn.functional.normalize(torch.randn(1, 16, 1, 1, dtype=torch.float64), dim=1)
+    norms = torch.tensor([1.0, 4.0, 6.0, 8.0, 50.0], dtype=torch.float64).view(1, 1, 1, 5) / math.sqrt(c)
+    v = direction * norms  # [1, 16, 1, 5]
+    r64 = radius_map(expmap0(v, c=c, dim=1), c=c)[0, 0]
+    r32 = radius_map(expmap0(v.float(), c=c, dim=1), c=c)[0, 0]
+    top64 = 2 * math.atanh(1 - 1e-5) / math.sqrt(c)
+    assert r64.max().item() == pytest.approx(top64, rel=1e-9)
+    assert top64 * math.sqrt(c) == pytest.approx(12.206, abs=1e-3)
+    assert max_radius(torch.float64, c=c) == pytest.approx(top64, rel=1e-12)
+    assert r64[1].item() == pytest.approx(8.0 / math.sqrt(c), rel=1e-9)  # 2·(tangent norm) below the clip
+    assert r64[3].item() - r64[2].item() > 0.1  # tangent norms 6 and 8: distinct radii in float64
+    assert r64[3].item() == pytest.approx(r64[4].item(), rel=1e-9)  # 8 and 50: both projected
+    for k in (2, 3):  # float32: both at the rim, ≈ 6.2/√c, within rounding
+        assert r32[k].item() == pytest.approx(max_radius(torch.float32, c=c), rel=1e-4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,6 +264,57 @@ def test_hyperbolic_mlr_equals_geoopt_dist2plane_times_conformal_factor(c):
     )
     ref = ref * 2 / beta.T  # λ_p · signed, scaled distance
     torch.testing.assert_close(hyperbolic_mlr(x, p, a, c=c, dim=-1), ref, rtol=1e-6, atol=1e-6)
+
+
+def _released_mlr_by_hand(x: torch.Tensor, p: torch.Tensor, a: torch.Tensor, c: float) -> torch.Tensor:
+    """HALO's HyperMLR formula, per class and pixel: z = (-p) ⊕ x by geoopt's Möbius addition,
+    pulled back to norm (1 - 1e-3)/√c when beyond it, then 2/√c‖a‖ asinh(2√c⟨z, â⟩/(1 - c‖z‖²))."""
+    k = torch.tensor(-c, dtype=torch.float64)
+    m = (1 - 1e-3) / math.sqrt(c)
+    out = torch.empty(x.shape[0], p.shape[0], dtype=torch.float64)
+    for i in range(x.shape[0]):
+        for cls in range(p.shape[0]):
+            z = gmath.mobius_add(-p[cls], x[i], k=k)
+            if z.norm() > m:
+                z = z / z.norm() * m
+            a_n = a[cls].norm()
+            arg = 2 * math.sqrt(c) * z.dot(a[cls] / a_n) / (1 - c * z.dot(z))
+            out[i, cls] = 2 / math.sqrt(c) * a_n * torch.asinh(arg)
+    return out
+
+
+@pytest.mark.parametrize("c", CURVATURES)
+def test_reference_mlr_projects_the_mobius_sum_as_released_and_differs_only_there(c):
+    """Near the rim (x at 0.9999/√c) many z_k = (-p_k) ⊕ x pass (1 - 1e-3)/√c; offsets partly
+    outside the ball (the released offsets are a plain parameter)."""
+    x = _random_ball_points(200, 5, c=c, dtype=torch.float64, max_frac=0.9999, seed=8)
+    x[:100] = x[:100] / x[:100].norm(dim=-1, keepdim=True) * 0.9999 / math.sqrt(c)
+    p = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 0.3 / math.sqrt(c)
+    p[5] = p[5] / p[5].norm() * 1.5 / math.sqrt(c)  # an offset outside the ball
+    a = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    expected = _released_mlr_by_hand(x, p, a, c)
+    got = hyperbolic_mlr(x, p, a, c=c, dim=-1, reference=True)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    z_norm = torch.stack([gmath.mobius_add(-p[k], x, k=torch.tensor(-c, dtype=torch.float64)).norm(dim=-1) for k in range(5)], 1)
+    projected = z_norm > (1 - 1e-3) / math.sqrt(c)  # [200, 5] for the offsets inside the ball
+    assert projected.sum() > 20 and (~projected).sum() > 20
+    ours = hyperbolic_mlr(x, p[:5], a[:5], c=c, dim=-1)
+    torch.testing.assert_close(ours[~projected], got[:, :5][~projected], rtol=1e-9, atol=1e-9)
+    assert (ours[projected] - got[:, :5][projected]).abs().max() > 1e-3
+
+
+def test_released_mlr_module_keeps_plain_offsets_in_float64():
+    torch.manual_seed(11)
+    mlr = HyperbolicMLR(8, 5, curvature=1.0, form="released", dtype=torch.float64)
+    assert mlr.offsets_plain.dtype == mlr.normals.dtype == torch.float64
+    assert not hasattr(mlr, "offsets_tangent")
+    assert mlr.offsets_plain.abs().max() <= 1 / math.sqrt(8)  # kaiming-uniform ±1/√D
+    with torch.no_grad():
+        mlr.offsets_plain.mul_(10)  # a step may leave the ball: used as given
+    x = expmap0(torch.randn(2, 8, 3, 3, dtype=torch.float64), c=1.0, dim=1)
+    torch.testing.assert_close(mlr(x), hyperbolic_mlr(x, mlr.offsets_plain, mlr.normals, c=1.0, reference=True))
+    with pytest.raises(ValueError, match=r"form must be one of ball, released, but got form='plain'"):
+        HyperbolicMLR(8, 5, form="plain")
 
 
 def test_hyperbolic_mlr_tends_to_euclidean_logits_as_curvature_vanishes():
@@ -387,16 +461,80 @@ def test_hfr_rms_is_resolution_independent_and_l2_is_not():
         assert mean_sq[1] / mean_sq[0] == pytest.approx(ratio, rel=1e-4)
 
 
-def test_hfr_weights_are_the_image_mean_of_a_per_pixel_mlp():
+def _hfr_mlp_by_hand(hfr: HFR, f: torch.Tensor, *, train: bool) -> torch.Tensor:
+    """The per-pixel MLP of ``hfr`` written out: [B, D, H, W] -> per-image mean [B, D]."""
+    lin1, bn, _, lin2 = hfr.mlp
+    pixels = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])  # [B·H·W, D]
+    h = pixels @ lin1.weight.T + lin1.bias
+    if train:  # batch statistics over all B·H·W pixel vectors (biased variance)
+        mean, var = h.mean(dim=0), h.var(dim=0, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+    out = torch.relu(h) @ lin2.weight.T + lin2.bias  # MLP(f(x)) per pixel
+    return out.view(f.shape[0], -1, f.shape[1]).mean(dim=1)
+
+
+@pytest.mark.parametrize("train", (True, False))
+def test_hfr_weights_are_the_image_mean_of_a_per_pixel_mlp_in_train_and_eval_mode(train):
     torch.manual_seed(1)
-    hfr = HFR(4).double().eval()
+    hfr = HFR(4).double().train(train)
+    with torch.no_grad():
+        hfr.mlp[1].running_mean.uniform_(-1, 1)
+        hfr.mlp[1].running_var.uniform_(0.5, 2.0)
     f = torch.randn(2, 4, 3, 3, dtype=torch.float64)
-    pixels = f.permute(0, 2, 3, 1).reshape(-1, 4)  # [B·H·W, D]
-    hidden = torch.relu(hfr.bn(hfr.fc1(f)).permute(0, 2, 3, 1).reshape(-1, 4))
-    per_pixel = torch.nn.functional.linear(hidden, hfr.fc2.weight, hfr.fc2.bias)  # MLP(f(x))
-    expected = torch.nn.functional.softplus(per_pixel.view(2, 9, 4).mean(dim=1))
-    assert pixels.shape == (18, 4)
+    expected = torch.nn.functional.softplus(_hfr_mlp_by_hand(hfr, f, train=train))
+    before = hfr.mlp[1].running_mean.clone()
     torch.testing.assert_close(hfr.weights(f), expected)
+    assert torch.equal(before, hfr.mlp[1].running_mean) != train  # only training updates the statistics
+
+
+def test_hfr_is_structured_as_the_released_wn_mlp_and_loads_its_weights_in_order():
+    """Linear(D, D) → BatchNorm1d → ReLU → Linear(D, D): a state dict of that Sequential loads as is."""
+    torch.manual_seed(3)
+    released = torch.nn.Sequential(
+        torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 6)
+    )
+    hfr = HFR(6, spatial_norm="l2", positivity="clamp")
+    assert [type(m) for m in hfr.mlp] == [type(m) for m in released]
+    hfr.mlp.load_state_dict(released.state_dict())
+    shapes = [tuple(p.shape) for p in hfr.parameters()]
+    assert shapes == [(6, 6), (6,), (6,), (6,), (6, 6), (6,)]  # weights in the released order
+
+
+def test_hfr_clamp_positivity_floors_weights_at_1e5_and_kills_their_gradient():
+    torch.manual_seed(4)
+    f = torch.randn(2, 8, 5, 5)
+    clamp, soft = HFR(8, positivity="clamp"), HFR(8, positivity="softplus")
+    soft.load_state_dict(clamp.state_dict())
+    raw = _hfr_mlp_by_hand(clamp, f, train=True)
+    assert (raw < 0).any() and (raw > 0).any()
+    torch.testing.assert_close(clamp.weights(f), raw.clamp(min=1e-5))
+    assert clamp.weights(f)[raw < 0].eq(1e-5).all()
+    torch.testing.assert_close(soft.weights(f), torch.nn.functional.softplus(raw))
+    for hfr in (clamp, soft):
+        hfr.zero_grad()
+        hfr.weights(f).sum().backward()
+    dead = (raw < 0).all(dim=0)  # channels clamped in every image get no gradient at all
+    assert dead.any()
+    assert clamp.mlp[3].bias.grad[dead].eq(0).all() and (soft.mlp[3].bias.grad[dead] > 0).all()
+
+
+def test_hfr_reads_checkpoints_of_its_earlier_layout():
+    torch.manual_seed(5)
+    hfr = HFR(4)
+    old = {
+        "fc1.weight": hfr.mlp[0].weight.detach()[:, :, None, None] + 1.0,  # a 1x1 conv kernel
+        "fc1.bias": hfr.mlp[0].bias.detach() + 1.0,
+        **{f"bn.{k}": v + 1 for k, v in hfr.mlp[1].state_dict().items()},
+        "fc2.weight": hfr.mlp[3].weight.detach() + 1.0,
+        "fc2.bias": hfr.mlp[3].bias.detach() + 1.0,
+    }
+    fresh = HFR(4)
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.mlp[0].weight, old["fc1.weight"].flatten(1))
+    torch.testing.assert_close(fresh.mlp[1].running_var, old["bn.running_var"])
+    torch.testing.assert_close(fresh.mlp[3].bias, old["fc2.bias"])
 
 
 def test_hfr_changes_the_embeddings_and_gradients_reach_all_its_parameters():
@@ -419,3 +557,7 @@ def test_hfr_rejects_wrong_channels_and_unknown_norms():
         ValueError, match=r"spatial_norm must be one of rms, l2, but got spatial_norm='l1'"
     ):
         HFR(8, spatial_norm="l1")
+    with pytest.raises(
+        ValueError, match=r"positivity must be one of softplus, clamp, but got positivity='relu'"
+    ):
+        HFR(8, positivity="relu")

@@ -168,6 +168,9 @@ def test_spec_records_arguments_and_rebuilds_the_same_architecture():
         "learnable_curvature": False,
         "hfr": False,
         "hfr_norm": "rms",
+        "hfr_positivity": "softplus",
+        "head_dtype": "float32",
+        "mlr": "ball",
     }
     rebuilt = _build(**spec)
     rebuilt.load_state_dict(model.state_dict())  # same keys and shapes
@@ -232,3 +235,47 @@ def test_hyperbolic_part_runs_in_float32_under_autocast():
         out = model(torch.randn(1, 3, 32, 64))
     assert out.embeddings.dtype == torch.float32 and out.logits.dtype == torch.float32
     assert torch.isfinite(out.logits).all()
+
+
+def test_float64_head_runs_expmap0_and_the_mlr_in_float64_and_hfr_in_float32():
+    """The released head: HFR on float32 features, then expmap0 and HyperMLR in float64 with
+    float32 logits out; embeddings keep float64, so rim radii reach ≈ 12.2 (float32: ≈ 6.2)."""
+    from halo_ray.hyperbolic import hyperbolic_mlr, max_radius, radius_map
+
+    torch.manual_seed(0)
+    head = HyperbolicHead(16, 5, embed_dim=8, head_dtype="float64", mlr="released").eval()
+    assert head.hfr.mlp[0].weight.dtype == torch.float32 and head.mlr.normals.dtype == torch.float64
+    feats = torch.randn(2, 16, 6, 7) * 50.0  # big features: many pixels on the rim
+    out = head(feats)
+    assert out.embeddings.dtype == torch.float64 and out.logits.dtype == torch.float32
+    expected = hyperbolic_mlr(out.embeddings, head.mlr.offsets_plain, head.mlr.normals, c=1.0, reference=True)
+    torch.testing.assert_close(out.logits, expected.float())
+    rim = HyperbolicHead(16, 5, embed_dim=8, head_dtype="float64", hfr=False).eval()  # HFR would tame them
+    with torch.no_grad():
+        rim.reduce.bias.zero_()
+        tangent = rim.reduce(feats).norm(dim=1, keepdim=True)  # [2, 1, 6, 7]
+    feats = feats * (3.5 + 2.5 * torch.rand(2, 1, 6, 7)) / tangent  # tangent norms in (3.5, 6): past float32's clip
+    radius = radius_map(rim(feats).embeddings, c=1.0)
+    assert radius.max().item() <= max_radius(torch.float64, c=1.0) + 1e-9
+    assert radius.min().item() > 6.9 and radius.max().item() > 11.0
+    assert radius.unique().numel() == radius.numel()  # no ties in float64
+    rim32 = HyperbolicHead(16, 5, embed_dim=8, hfr=False).eval()
+    rim32.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in rim.state_dict().items()})
+    radius32 = radius_map(rim32(feats).embeddings, c=1.0)
+    assert radius32.max().item() == pytest.approx(max_radius(torch.float32, c=1.0), rel=1e-4)
+    assert radius32.unique().numel() <= 8  # float32: all 84 pixels at the rim, a few rounding values
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # the head keeps its dtypes
+        assert head(feats).embeddings.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hfr_positivity": "relu"}, r"unknown hfr_positivity='relu'; expected one of: softplus, clamp"),
+        ({"head_dtype": "float16"}, r"unknown head_dtype='float16'; expected one of: float32, float64"),
+        ({"mlr": "plain"}, r"unknown mlr='plain'; expected one of: ball, released"),
+    ],
+)
+def test_head_options_outside_their_sets_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_segmenter(**kwargs)

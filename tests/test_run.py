@@ -200,3 +200,29 @@ def test_reference_mode_spends_the_reference_budget(tmp_path, tiny_config_values
         run_experiment(cfg, out, log=_quiet, tensorboard=False)
         ledger = pd.DataFrame(_ledger(load_checkpoint(latest_checkpoint(out)), cfg, shapes=[(80, 160)] * 3))
         assert (ledger["picks"] == picks).all() and len(ledger) == 3 * 3
+
+
+def test_a_reference_run_trains_the_released_head_and_selects_on_float64_maps(tiny_config_values, tmp_path):
+    """reference: true end to end: HFR clamp + l2, float64 HyperMLR head, align_corners, the
+    papers' losses; the halo_radius maps are float64 and the budget is exact."""
+    from halo_ray.learner import Learner
+
+    values = {
+        **tiny_config_values, "reference": True, "strategy": "halo_radius", "rounds": 2,
+        "negative_learning": True, "local_consistency": 0.1, "target_sampling": "all",
+    }
+    cfg = build_config(values)
+    out = tmp_path / "run"
+    frame = run_experiment(cfg, out, log=_quiet)
+    assert list(frame["round"]) == [0, 1, 2] and frame["miou"].notna().all()
+    assert frame["radius_mean"].notna().all()
+    model = load_checkpoint(latest_checkpoint(out))["learner"]["trainer"]["model"]
+    assert model["head.mlr.offsets_plain"].dtype == torch.float64 and "head.mlr.offsets_tangent" not in model
+    assert "head.hfr.mlp.1.running_mean" in model
+    learner = Learner(cfg, log=_quiet)
+    learner.trainer.model.load_state_dict(model)
+    maps = learner.score(3, [0, 1])
+    assert all(m.dtype == torch.float64 and m.shape == (64, 128) for m in maps)
+    picks = picks_per_round(64, 128, budget_pct=cfg.budget, rounds=cfg.rounds, region_size=3, unit="region", reference=True)
+    state = load_checkpoint(latest_checkpoint(out))
+    assert (pd.DataFrame(_ledger(state, cfg))["picks"] == picks).all()

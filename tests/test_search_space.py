@@ -272,9 +272,11 @@ def test_grace_period_is_bounded_by_the_smallest_rounds_parameter(tmp_path):
 
 SHIPPED = {
     "quickstart": 4,
+    "quickstart_seeds": 12,
     "strategies": 45,
     "geometry": 20,
-    "ablation_hfr": 12,
+    "ablation_hfr": 15,
+    "ablation_reference": 21,
     "ablation_scoring": 18,
     "euclidean_vs_hyperbolic": 12,
 }
@@ -302,7 +304,7 @@ def test_shipped_space_loads_with_expected_trials(name, trials):
 def test_quickstart_settings():
     space = load_search_space(SPACES / "quickstart.yaml")
     base = space.base_config()
-    assert (base.source_steps, base.round_steps, base.rounds, base.budget) == (400, 40, 5, 5.0)
+    assert (base.source_steps, base.round_steps, base.rounds, base.budget) == (200, 20, 5, 5.0)
     assert (base.num_threads, base.log_images, space.max_concurrent_trials) == (1, 1, 2)
     assert space.grid_axes() == {"strategy": ["halo", "ripu", "entropy", "random"]}
     # all trials share one source pre-training: the strategy is not part of its key
@@ -445,3 +447,59 @@ def test_a_space_over_a_variant_file_resolves_its_extends(tmp_path):
     base = load_search_space(path).base_config()
     assert (base.budget, base.rounds) == (2.5, 3)
     assert base.embed_dim == load_search_space(write_space(tmp_path, GRID, "plain.yaml")).base_config().embed_dim
+
+
+# ----------------------------------------------------------------------------------
+# variants: whole sets of keys as one grid axis
+
+
+VARIANTS = "variants:\n  - {hfr: false}\n  - {hfr: true, hfr_positivity: clamp, hfr_norm: l2}\n"
+
+
+def test_variants_are_a_grid_axis_of_whole_key_sets(tmp_path):
+    space = load_search_space(write_space(tmp_path, VARIANTS + "parameters:\n  seed: {grid: [0, 1, 2]}\n"))
+    assert space.total_trials() == 6
+    assert space.grid_axes() == {"variant": [0, 1], "seed": [0, 1, 2]}
+    assert space.param_space() == {"variant": {"grid_search": [0, 1]}, "seed": {"grid_search": [0, 1, 2]}}
+    off = space.trial_config({"variant": 0, "seed": 1})
+    released = space.trial_config({"variant": np.int64(1), "seed": 2})
+    assert (off.hfr, off.hfr_positivity, off.seed) == (False, "softplus", 1)
+    assert (released.hfr, released.hfr_positivity, released.hfr_norm, released.seed) == (True, "clamp", "l2", 2)
+    assert json.loads(json.dumps(space.to_dict()))["variants"] == [
+        {"hfr": False}, {"hfr": True, "hfr_positivity": "clamp", "hfr_norm": "l2"}
+    ]
+    with pytest.raises(SearchSpaceError, match=r"variant must index variants \(0\.\.1\), but got 2"):
+        space.trial_config({"variant": 2, "seed": 0})
+    with pytest.raises(SearchSpaceError, match=r"missing \['variant'\]"):
+        space.trial_config({"seed": 0})
+
+
+def test_the_shipped_hfr_ablation_runs_each_hfr_model_once_per_seed():
+    space = load_search_space(SPACES / "ablation_hfr.yaml")
+    models = {
+        (cfg.hfr, cfg.hfr_positivity if cfg.hfr else None, cfg.hfr_norm if cfg.hfr else None)
+        for cfg in (space.trial_config(p) for p in space.grid_points())
+    }
+    assert len(models) == 5 and space.total_trials() == 15
+    assert (True, "clamp", "l2") in models and (False, None, None) in models
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("variants: {hfr: false}\n", "variants must be a non-empty list of mappings of config keys"),
+        ("variants: []\n", "variants must be a non-empty list"),
+        ("variants:\n  - hfr\n", "variants[0]: expected a non-empty mapping of config keys, but got 'hfr'"),
+        ("variants:\n  - {}\n", "variants[0]: expected a non-empty mapping"),
+        ("variants:\n  - {hfr: false}\n  - {hfr_norms: l2}\n", "variants[1]: unknown config key(s) ['hfr_norms']"),
+        ("variants:\n  - {hfr: false}\n  - {hfr: false}\n", 'variants[1]: {"hfr": false} repeats variants[0]'),
+        ("set: {hfr: true}\nvariants:\n  - {hfr: false}\n", "variants[0]: hfr in set: too; keep each key in one place"),
+        ("variants:\n  - {seed: 1}\nparameters:\n  seed: {grid: [0]}\n", "seed in parameters: too"),
+        ("variants:\n  - {hfr: false}\n  - {hfr_positivity: relu}\n",
+         "variants[1] {'hfr_positivity': 'relu'} does not make a valid config: hfr_positivity must be one of"),
+        ("variants:\n  - {hfr: false}\n  - {head_dtype: float64}\nparameters:\n  amp: {grid: [false, true]}\n",
+         "variants[1] {'head_dtype': 'float64'}: parameters.amp: grid value True is not a valid config value"),
+    ],
+)
+def test_bad_variants_are_named(tmp_path, body, expected):
+    assert expected in load_error(tmp_path, body)

@@ -1,4 +1,4 @@
-"""Losses and metrics against closed-form values; loop semantics of a whole run."""
+"""Metrics against closed-form values; loop semantics of a whole run (losses: test_losses.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from halo_ray.run import run_experiment
 from halo_ray.training import (
     confusion_matrix,
     iou_from_confusion,
-    local_consistency_loss,
-    negative_learning_loss,
     poly_lr,
     radius_iou_spearman,
 )
@@ -30,30 +28,6 @@ def test_confusion_and_iou_closed_form():
     # class 0: tp 1, fp 1 (a 2 predicted as 0), fn 1 → 1/3; class 1: tp 2, fp 1 → 2/3; class 2: tp 1, fn 1 → 1/2
     np.testing.assert_allclose(iou[:3], [1 / 3, 2 / 3, 1 / 2])
     assert math.isnan(iou[3])  # absent class is NaN, not 0
-
-
-def test_negative_learning_closed_form():
-    # two classes above the threshold, two below: loss = mean over negatives of -log(1-p)
-    probs = torch.tensor([0.6, 0.38, 0.01, 0.01])
-    logits = probs.log().view(1, 4, 1, 1)
-    expected = -math.log(1 - 0.01)
-    assert negative_learning_loss(logits).item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_local_consistency_is_cross_entropy_of_the_window_mean():
-    logits = torch.zeros(1, 2, 3, 3)
-    logits[0, 0, 1, 1] = math.log(9.0)  # centre pixel: p = (0.9, 0.1); all others 0.5/0.5
-    labels = torch.zeros(1, 3, 3, dtype=torch.long)
-    labels[0, 0, 0] = 255
-    loss = local_consistency_loss(logits, labels)
-    # mean prob of class 0 in each window (windows clipped at the border, not zero-padded)
-    def window_mean(r, c):
-        rows = range(max(0, r - 1), min(3, r + 2))
-        cols = range(max(0, c - 1), min(3, c + 2))
-        vals = [0.9 if (i, j) == (1, 1) else 0.5 for i in rows for j in cols]
-        return sum(vals) / len(vals)
-    terms = [-math.log(window_mean(r, c)) for r in range(3) for c in range(3) if (r, c) != (0, 0)]
-    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
 
 
 def test_poly_schedule():
@@ -123,9 +97,10 @@ def test_warmup_scales_the_poly_rate_linearly():
     assert scheduled_lr(cfg, 10, 100) == pytest.approx(0.1 * 0.9**0.9)  # warm-up over: poly alone
 
 
-@pytest.mark.parametrize("extra", [{}, {"local_consistency": True, "negative_learning": True}])
-def test_gradient_accumulation_equals_the_whole_batch(extra):
-    """With frozen BatchNorm, 2 or 4 micro-batches give the whole batch's update."""
+@pytest.mark.parametrize("geometry", ["euclidean", "hyperbolic"])
+def test_gradient_accumulation_equals_the_whole_batch(geometry):
+    """With frozen BatchNorm, 2 or 4 micro-batches give the whole batch's update (cross-entropies:
+    summed over the micro-batches, divided by the whole batch's labelled pixels)."""
     from halo_ray.training import SparseLabels
 
     source, target = _tensor_set(6, 0), _tensor_set(5, 1)
@@ -134,17 +109,58 @@ def test_gradient_accumulation_equals_the_whole_batch(extra):
     target_labels = SparseLabels.from_dense(dense)
     assert target_labels.labelled_images().tolist() == [0, 1, 3, 4]
     params = {}
+    extra = dict(freeze_bn=True, hfr=False, geometry=geometry, strategy="entropy")
     for accum in (1, 2, 4):
-        trainer = _trainer(freeze_bn=True, grad_accum=accum, **extra)
+        trainer = _trainer(grad_accum=accum, **extra)
         trainer.train(
             2, source=source, generator=torch.Generator().manual_seed(7), start_step=0, total_steps=10,
             target=target, target_labels=target_labels,
         )
         params[accum] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    untrained = torch.cat([p.detach().flatten() for p in _trainer(freeze_bn=True, **extra).model.parameters()])
+    untrained = torch.cat([p.detach().flatten() for p in _trainer(**extra).model.parameters()])
     assert not torch.allclose(params[1], untrained)  # the steps did move the weights
     torch.testing.assert_close(params[2], params[1], atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(params[4], params[1], atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_papers_losses_are_per_micro_batch_as_on_the_released_gpus(accum):
+    """A step's loss: CE over the whole batch + 0.1·LCR + NL, where LCR and NL are the released
+    losses of each micro-batch (one reference GPU's batch), averaged over the micro-batches."""
+    from halo_ray.losses import local_consistency_loss, negative_learning_loss
+
+    trainer = _trainer(freeze_bn=True, hfr=False, grad_accum=accum, local_consistency=0.1, negative_learning=True)
+    images, labels = _arrays(4, 3)
+    t_images, t_labels = _arrays(4, 4)
+    t_labels[:, 8:] = 255  # sparse target labels
+    flips = torch.zeros(4, dtype=torch.bool)
+    src, tgt = (images, labels, flips), (t_images, t_labels, flips)
+    parts = list(torch.arange(4).chunk(accum))
+    with torch.no_grad():
+        got = sum(trainer._micro_batch_loss(src, tgt, part) for part in parts)
+        ce = lcr = nl = 0.0
+        for part in parts:
+            x, y = trainer._batch(images[part], labels[part], flips[part])
+            logits, _ = trainer._forward_full(x)
+            xt, yt = trainer._batch(t_images[part], t_labels[part], flips[part])
+            logits_t, _ = trainer._forward_full(xt)
+            ce = ce + torch.nn.functional.cross_entropy(logits, y, ignore_index=255, reduction="sum") / (labels != 255).sum()
+            ce = ce + torch.nn.functional.cross_entropy(logits_t, yt, ignore_index=255, reduction="sum") / (t_labels != 255).sum()
+            lcr = lcr + local_consistency_loss(logits, y) / accum
+            nl = nl + negative_learning_loss(logits_t) / accum
+    assert float(lcr) > 0 and float(nl) > 0
+    torch.testing.assert_close(got, ce + 0.1 * lcr + nl, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_batchnorm_leaves_hfr_batchnorm_trained_as_halo_does():
+    trainer = _trainer(freeze_bn=True)
+    hfr_bn = trainer.model.head.hfr.mlp[1]
+    backbone_bn = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = hfr_bn.running_mean.clone(), backbone_bn.running_mean.clone()
+    trainer.train(1, source=_tensor_set(4, 0), generator=torch.Generator().manual_seed(0), start_step=0, total_steps=5)
+    assert hfr_bn.training and hfr_bn.weight.requires_grad and not torch.equal(before[0], hfr_bn.running_mean)
+    assert not backbone_bn.training and not backbone_bn.weight.requires_grad
+    assert torch.equal(before[1], backbone_bn.running_mean)
 
 
 def test_grad_accum_must_divide_the_batch():
@@ -382,3 +398,20 @@ def test_deterministic_key_selects_deterministic_kernels_for_the_process():
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+
+
+def test_upsampling_follows_align_corners_and_the_released_two_stage_selection_path():
+    import torch.nn.functional as F
+
+    maps = torch.randn(1, 3, 4, 6)
+    ours, released = _trainer(), _trainer(reference=True)
+    assert (ours.cfg.align_corners, released.cfg.align_corners) == (False, True)
+    torch.testing.assert_close(ours.upsample(maps, (16, 24)), F.interpolate(maps, (16, 24), mode="bilinear"))
+    direct = F.interpolate(maps, (16, 24), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(released.upsample(maps, (16, 24)), direct)
+    two_stage = F.interpolate(F.interpolate(maps, (10, 15), mode="bilinear", align_corners=True), (16, 24),
+                              mode="bilinear", align_corners=True)
+    got = released.upsample(maps, (16, 24), via=(10, 15))
+    torch.testing.assert_close(got, two_stage)
+    assert (got - direct).abs().max() > 1e-3  # the detour through the input size changes values
+    torch.testing.assert_close(released.upsample(maps, (16, 24), via=(16, 24)), direct)  # via = size: one stage

@@ -178,14 +178,16 @@ def _argmax_labels(probs: torch.Tensor) -> torch.Tensor:
 
 
 def radius_map(embeddings: torch.Tensor, *, curvature: float) -> torch.Tensor:
-    """Hyperbolic radius ``R = 2/sqrt(c) artanh(sqrt(c) ||z||)`` per pixel, float32 ``[H, W]``.
+    """Hyperbolic radius ``R = 2/sqrt(c) artanh(sqrt(c) ||z||)`` per pixel, ``[H, W]``.
 
     ``embeddings`` ``[D, H, W]`` lie in the Poincaré ball of curvature ``c > 0``. This is
     geoopt's ``PoincareBall(c).dist0`` with the same clamp (``artanh`` argument at most
     ``1 - 1e-7``, so points on or past the edge get a large finite radius); the norm is
-    accumulated channel by channel, so no ``[D, H, W]`` temporary is allocated.
+    accumulated channel by channel, so no ``[D, H, W]`` temporary is allocated. float32, or
+    float64 for float64 embeddings (a float64 head: radii up to ≈ 12.2 stay distinct where
+    float32 ones would tie at the rim).
     """
-    z = embeddings.to(torch.float32)
+    z = embeddings if embeddings.dtype == torch.float64 else embeddings.to(torch.float32)
     sq = z[0] * z[0]
     for d in range(1, z.shape[0]):
         sq.addcmul_(z[d], z[d])
@@ -478,7 +480,7 @@ def score_map(
     generator: torch.Generator | None = None,
     unit: str = "region",
 ) -> torch.Tensor:
-    """Acquisition score of every pixel of one image, float32 ``[H, W]``; higher = pick first.
+    """Acquisition score of every pixel of one image, ``[H, W]``; higher = pick first.
 
     Args:
         strategy: one of :data:`STRATEGIES` (formulas in ``docs/acquisition.md``).
@@ -498,7 +500,9 @@ def score_map(
             pixel's own value, RIPU's PA definition).
 
     Returns:
-        float32 ``[H, W]`` on the inputs' device.
+        ``[H, W]`` on the inputs' device: float32, or float64 where the score carries a float64
+        radius (float64 embeddings, as the released head's), so that radii that differ only
+        beyond float32 precision still rank apart (as in the released code).
 
     Raises:
         ValueError: unknown strategy/unit, missing or mismatched embeddings, even or
@@ -518,4 +522,5 @@ def score_map(
     )
     with torch.no_grad():
         score = _SCORERS[strategy](req)
-    return score.to(torch.float32).contiguous()
+    dtype = torch.float64 if score.dtype == torch.float64 else torch.float32
+    return score.to(dtype).contiguous()

@@ -32,7 +32,7 @@ from typing import Any
 from ray import tune
 
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
-from halo_ray.distributed.space import SearchSpace, SearchSpaceError
+from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
 from halo_ray.learner import ensure_data
 from halo_ray.results import atomic_write_bytes
 from halo_ray.run import ActiveLearningRun, format_duration, load_checkpoint, save_checkpoint
@@ -77,8 +77,9 @@ def run_trial(config: dict[str, Any]) -> None:
     from halo_ray.config import build_config
 
     meta = config["halo_ray"]
-    params = {k: v for k, v in config.items() if k != "halo_ray"}
-    values = {**meta["base"], **{k: _plain(v) for k, v in params.items()}}
+    params = {k: _plain(v) for k, v in config.items() if k != "halo_ray"}
+    variant = meta["variants"][params.pop(VARIANT_KEY)] if meta["variants"] else {}
+    values = {**meta["base"], **variant, **params}
     paths = SearchPaths(Path(meta["root"]))
     values["source_cache"] = str(paths.source_cache)
     cfg = build_config(values, origin=f"search {meta['name']}")
@@ -168,8 +169,11 @@ class ProgressView(tune.Callback):
 def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, name: str, param_space: dict, search_alg=None):
     from ray.tune.schedulers import ASHAScheduler
 
-    base = _absolute(space.base_config().to_dict(), ("data_root", "source_root", "target_root"))
-    meta = {"name": space.name, "root": str(paths.root), "base": base, "resources": dataclasses.asdict(resources)}
+    base = _absolute(space.base_config().to_values(), ("data_root", "source_root", "target_root"))
+    meta = {
+        "name": space.name, "root": str(paths.root), "base": base, "variants": [dict(v) for v in space.variants],
+        "resources": dataclasses.asdict(resources),
+    }
     scheduler = None
     if space.scheduler is not None:
         scheduler = ASHAScheduler(
@@ -199,7 +203,8 @@ def _check_same_search(space: SearchSpace, saved_file: Path) -> None:
         return
     saved = json.loads(saved_file.read_text())
     now = json.loads(json.dumps(space.to_dict()))
-    keys = ("parameters", "searcher", "num_samples", "metric", "mode", "scheduler")
+    keys = ("parameters", "variants", "searcher", "num_samples", "metric", "mode", "scheduler")
+    saved.setdefault("variants", [])  # written before variants existed: none
     differ = [k for k in keys if saved.get(k) != now.get(k)]
     old_base, new_base = saved.get("base_config", {}), now["base_config"]
     differ += [f"base_config.{k}" for k in sorted(set(old_base) | set(new_base)) if old_base.get(k) != new_base.get(k)]

@@ -24,6 +24,13 @@ Format (flat on purpose, one line per parameter)::
       bins: {randint: [8, 129]}              # [low, high) like tune.randint
       region_size: {choice: [1, 3, 5]}
       lr: {uniform: [1.0e-3, 2.0e-2]}
+    variants:                                # optional: a grid axis of whole sets of keys
+      - {hfr: false}
+      - {hfr: true, hfr_positivity: clamp}
+
+``variants`` run every listed set of config keys with every grid point, for ablations
+whose keys only make sense together (HFR's options without HFR are one model, not four);
+Tune sees a ``variant`` grid axis holding the variant's index, the results hold its keys.
 
 Searchers and grid axes: ``grid`` parameters are always grid axes (every value is run);
 with ``searcher: grid`` a ``choice`` is a grid axis too, and no other kind is allowed.
@@ -76,7 +83,10 @@ TOP_LEVEL_KEYS = (
     "max_concurrent_trials",
     "scheduler",
     "parameters",
+    "variants",
 )
+#: The Tune parameter that holds a trial's index into ``variants`` (not a config key).
+VARIANT_KEY = "variant"
 #: At most this many parameter combinations are built as configs when a space is loaded;
 #: larger spaces are checked on a fixed pseudo-random sample of that size (plus every
 #: single value), which keeps loading under a second or two.
@@ -173,6 +183,7 @@ class SearchSpace:
     scheduler: AshaSpec | None
     parameters: tuple[ParamSpec, ...]  # in file order
     base: ExperimentConfig = field(repr=False)  # experiment + set, validated
+    variants: tuple[dict[str, Any], ...] = ()  # sets of config keys, a grid axis (VARIANT_KEY) when given
 
     # -- configs -----------------------------------------------------------------
     def base_config(self) -> ExperimentConfig:
@@ -186,7 +197,7 @@ class SearchSpace:
         or a grid point merged with Optuna's suggestion). Numpy scalars are accepted.
         Errors are :class:`SearchSpaceError` naming this search file.
         """
-        keys = [p.key for p in self.parameters]
+        keys = ([VARIANT_KEY] if self.variants else []) + [p.key for p in self.parameters]
         unknown = sorted(set(params) - set(keys))
         missing = [k for k in keys if k not in params]
         if unknown or missing:
@@ -195,18 +206,34 @@ class SearchSpace:
                 f"but got unknown {unknown} and missing {missing}"
             )
         values = {k: _plain(v) for k, v in params.items()}
+        variant = self.variant_values(values.pop(VARIANT_KEY, None))
         try:
-            return build_config({**self.base.to_dict(), **values}, origin=str(self.path))
+            return build_config({**self.base.to_values(), **variant, **values}, origin=str(self.path))
         except ConfigError as err:
             raise SearchSpaceError(
                 f"{self.path}: trial parameters {values} do not make a valid config: "
                 f"{_strip_origin(err, self.path)}"
             ) from None
 
+    def variant_values(self, index: int | None) -> dict[str, Any]:
+        """The config keys of variant ``index`` (``{}`` for a space without variants)."""
+        if not self.variants:
+            if index is not None:
+                raise SearchSpaceError(f"{self.path}: this search has no variants, but got {VARIANT_KEY}={index!r}")
+            return {}
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.variants):
+            raise SearchSpaceError(
+                f"{self.path}: {VARIANT_KEY} must index variants (0..{len(self.variants) - 1}), but got {index!r}"
+            )
+        return dict(self.variants[index])
+
     # -- grid ----------------------------------------------------------------------
     def grid_axes(self) -> dict[str, list[Any]]:
-        """Parameters whose every value is run, in file order, with their values."""
-        return {p.key: list(p.values or ()) for p in self.parameters if p.is_grid_axis(self.searcher)}
+        """Parameters whose every value is run, in file order, with their values; the
+        ``variant`` index axis first when the space has variants."""
+        axes = {VARIANT_KEY: list(range(len(self.variants)))} if self.variants else {}
+        axes.update({p.key: list(p.values or ()) for p in self.parameters if p.is_grid_axis(self.searcher)})
+        return axes
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Cartesian product of the grid axes; the first axis varies slowest.
@@ -231,7 +258,11 @@ class SearchSpace:
         ``num_samples`` times, matching :meth:`total_trials`. Not for ``OptunaSearch``
         (it rejects grid_search): use :meth:`optuna_space` per grid point.
         """
-        return {p.key: p.to_tune(as_grid=p.is_grid_axis(self.searcher)) for p in self.parameters}
+        from ray import tune
+
+        space = {VARIANT_KEY: tune.grid_search(list(range(len(self.variants))))} if self.variants else {}
+        space.update({p.key: p.to_tune(as_grid=p.is_grid_axis(self.searcher)) for p in self.parameters})
+        return space
 
     def optuna_space(self) -> dict[str, Any]:
         """The non-grid parameters as ``ray.tune`` domains, for ``OptunaSearch`` (TPE).
@@ -258,6 +289,7 @@ class SearchSpace:
             "max_concurrent_trials": self.max_concurrent_trials,
             "scheduler": self.scheduler.to_dict() if self.scheduler else None,
             "parameters": {p.key: p.to_dict() for p in self.parameters},
+            "variants": [dict(v) for v in self.variants],
             "total_trials": self.total_trials(),
             "base_config": self.base.to_dict(),
         }
@@ -458,6 +490,36 @@ def _parse_param(key: str, raw: Any, path: Path) -> ParamSpec:
     return ParamSpec(key, kind, low=low, high=high)
 
 
+def _parse_variants(data: Mapping[str, Any], path: Path, taken: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """Shape checks of ``variants:``: distinct, non-empty mappings of config keys that ``set:``
+    and ``parameters:`` leave alone (``taken``: key -> where it is)."""
+    raw = data.get("variants")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise SearchSpaceError(
+            f"{path}: variants must be a non-empty list of mappings of config keys "
+            f"(e.g. [{{hfr: false}}, {{hfr: true, hfr_norm: l2}}]), but got variants={raw!r}"
+        )
+    seen: list[str] = []
+    for i, variant in enumerate(raw):
+        where = f"{path}: variants[{i}]"
+        if not isinstance(variant, dict) or not variant:
+            raise SearchSpaceError(f"{where}: expected a non-empty mapping of config keys, but got {variant!r}")
+        unknown = sorted(set(variant) - set(config_keys()))
+        if unknown:
+            raise SearchSpaceError(f"{where}: unknown config key(s) {unknown}; known keys are {sorted(config_keys())}")
+        clash = sorted(k for k in variant if k in taken)
+        if clash:
+            places = ", ".join(f"{k} in {taken[k]}" for k in clash)
+            raise SearchSpaceError(f"{where}: {places} too; keep each key in one place")
+        text = json.dumps(variant, sort_keys=True, default=str)
+        if text in seen:
+            raise SearchSpaceError(f"{where}: {text} repeats variants[{seen.index(text)}]; variants must be distinct")
+        seen.append(text)
+    return tuple(dict(v) for v in raw)
+
+
 # ----------------------------------------------------------------------------------
 # checking values by building configs
 
@@ -617,7 +679,20 @@ def load_search_space(path: str | Path, overrides: Mapping[str, Any] | None = No
             f"{path}: searcher 'optuna' needs at least one choice, uniform, loguniform or randint "
             f"parameter to optimise, but all parameters are grid axes; use searcher grid"
         )
-    specs = _check_values(specs, base.to_dict(), path)
+    taken = {**{k: "set:" for k in fixed}, **{k: "parameters:" for k in raw_params}}
+    variants = _parse_variants(data, path, taken)
+    for i, variant in enumerate(variants):  # every variant alone, then with every parameter value
+        try:
+            build_config({**base.to_values(), **variant}, origin=str(path))
+        except ConfigError as err:
+            raise SearchSpaceError(
+                f"{path}: variants[{i}] {variant} does not make a valid config: {_strip_origin(err, path)}"
+            ) from None
+        try:
+            _check_values(specs, {**base.to_values(), **variant}, path)
+        except SearchSpaceError as err:
+            raise SearchSpaceError(f"{path}: variants[{i}] {variant}: {_strip_origin(err, path)}") from None
+    specs = _check_values(specs, {**base.to_values(), **(variants[0] if variants else {})}, path)
 
     rounds_spec = next((s for s in specs if s.key == "rounds"), None)
     min_rounds = min(int(v) for _, v in _candidates(rounds_spec)) if rounds_spec else base.rounds
@@ -637,6 +712,7 @@ def load_search_space(path: str | Path, overrides: Mapping[str, Any] | None = No
         scheduler=scheduler,
         parameters=specs,
         base=base,
+        variants=variants,
     )
 
 
@@ -644,6 +720,7 @@ __all__ = [
     "MAX_CHECKED_COMBINATIONS",
     "PARAM_KINDS",
     "SEARCHERS",
+    "VARIANT_KEY",
     "AshaSpec",
     "ParamSpec",
     "SearchSpace",

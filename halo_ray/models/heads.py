@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..hyperbolic import HFR, Curvature, HyperbolicMLR, expmap0
 
-__all__ = ["EuclideanHead", "HyperbolicHead", "SegOutput"]
+__all__ = ["HEAD_DTYPES", "EuclideanHead", "HyperbolicHead", "SegOutput"]
 
 
 class SegOutput(NamedTuple):
@@ -66,13 +66,21 @@ class EuclideanHead(nn.Module):
         return SegOutput(self.classifier(embeddings), embeddings)
 
 
+HEAD_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+"""Values of the ``head_dtype`` config key: the dtype of ``expmap0``, the MLR and the radius."""
+
+
 class HyperbolicHead(nn.Module):
     """1×1 reduce → HFR (if ``hfr``) → ``expmap0`` onto the ball → hyperbolic MLR.
 
     ``curvature`` is the ball's ``c > 0``; ``learnable_curvature`` makes it a parameter
-    (shared by ``expmap0`` and the MLR, owned by ``self.mlr.curvature``). ``hfr_norm`` picks
-    HFR's spatial normalisation (``"rms"``, resolution-independent; ``"l2"``, the HALO
-    reference's), see :class:`~halo_ray.hyperbolic.HFR`.
+    (shared by ``expmap0`` and the MLR, owned by ``self.mlr.curvature``). ``hfr_norm`` and
+    ``hfr_positivity`` pick HFR's spatial normalisation and positivity, see
+    :class:`~halo_ray.hyperbolic.HFR`. ``head_dtype`` (``"float32"`` | ``"float64"``) is the
+    dtype of ``expmap0``, the MLR's parameters and arithmetic, and so of the embeddings and
+    their radius: the released head runs them in float64 (HFR stays in float32 there too).
+    ``mlr`` is the MLR's form (``"ball"`` | ``"released"``, see
+    :class:`~halo_ray.hyperbolic.HyperbolicMLR`).
     """
 
     geometry = "hyperbolic"
@@ -87,13 +95,21 @@ class HyperbolicHead(nn.Module):
         learnable_curvature: bool = False,
         hfr: bool = True,
         hfr_norm: str = "rms",
+        hfr_positivity: str = "softplus",
+        head_dtype: str = "float32",
+        mlr: str = "ball",
     ):
         super().__init__()
         _check_dims(in_channels, num_classes, embed_dim)
+        if head_dtype not in HEAD_DTYPES:
+            raise ValueError(
+                f"head_dtype must be one of {', '.join(HEAD_DTYPES)}, but got head_dtype={head_dtype!r}"
+            )
+        self.head_dtype = HEAD_DTYPES[head_dtype]
         self.reduce = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
-        self.hfr = HFR(embed_dim, spatial_norm=hfr_norm) if hfr else None
+        self.hfr = HFR(embed_dim, spatial_norm=hfr_norm, positivity=hfr_positivity) if hfr else None
         curv = Curvature(curvature, learnable=learnable_curvature)
-        self.mlr = HyperbolicMLR(embed_dim, num_classes, curvature=curv)
+        self.mlr = HyperbolicMLR(embed_dim, num_classes, curvature=curv, form=mlr, dtype=self.head_dtype)
 
     @property
     def curvature(self) -> Curvature:
@@ -101,25 +117,27 @@ class HyperbolicHead(nn.Module):
         return self.mlr.curvature
 
     def embed(self, features: Tensor) -> Tensor:
-        """Decoder features ``[B, in, h, w]`` → ball embeddings ``[B, D, h, w]``."""
+        """Decoder features ``[B, in, h, w]`` → ball embeddings ``[B, D, h, w]`` in ``head_dtype``."""
         return self._to_ball(self.reduce(features))
 
     def _to_ball(self, tangent: Tensor) -> Tensor:
-        """Reduced features ``[B, D, h, w]`` → HFR → ``expmap0``, in the head's parameter dtype."""
+        """Reduced features ``[B, D, h, w]`` → HFR in the features' parameter dtype (float32
+        under autocast too) → ``expmap0`` in the MLR's parameter dtype (``head_dtype``)."""
         with torch.autocast(device_type=tangent.device.type, enabled=False):
-            tangent = tangent.to(self.mlr.normals.dtype)  # [B, D, h, w]
+            tangent = tangent.to(self.reduce.weight.dtype)  # [B, D, h, w]
             if self.hfr is not None:
                 tangent = self.hfr(tangent)
-            return expmap0(tangent, c=self.curvature.value, dim=1)
+            return expmap0(tangent.to(self.mlr.normals.dtype), c=self.curvature.value, dim=1)
 
     def forward(self, features: Tensor) -> SegOutput:
-        """``[B, in, h, w] -> SegOutput(logits [B, C, h, w], embeddings [B, D, h, w] in the ball)``.
+        """``[B, in, h, w] -> SegOutput(logits [B, C, h, w] float32, embeddings [B, D, h, w] in the ball)``.
 
         Under ``torch.autocast`` the backbone and the 1×1 reduction may run in half precision;
-        HFR, ``expmap0`` and the MLR run in the head's parameter dtype (float32 by default):
-        the stability policy's projection margin (4e-3) is about one half-precision ulp at the
-        rim, and HALO's reference even runs this part in float64.
+        HFR runs in float32, ``expmap0`` and the MLR in ``head_dtype``: the stability policy's
+        projection margin (4e-3) is about one half-precision ulp at the rim. The logits come
+        back in the features' parameter dtype (float32, as the released head's ``.float()``),
+        the embeddings in ``head_dtype``.
         """
         embeddings = self.embed(features)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return SegOutput(self.mlr(embeddings), embeddings)
+            return SegOutput(self.mlr(embeddings).to(self.reduce.weight.dtype), embeddings)

@@ -10,9 +10,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..hyperbolic import HFR_NORMS
+from ..hyperbolic import HFR_NORMS, HFR_POSITIVITY, MLR_FORMS
 from .backbones import BACKBONES, FeatureExtractor, build_backbone
-from .heads import EuclideanHead, HyperbolicHead, SegOutput
+from .heads import HEAD_DTYPES, EuclideanHead, HyperbolicHead, SegOutput
 
 __all__ = ["GEOMETRIES", "SegOutput", "Segmenter", "SegmenterSpec", "build_segmenter"]
 
@@ -32,6 +32,9 @@ class SegmenterSpec:
     learnable_curvature: bool = False  # train c (kept > 0 by a softplus parametrisation)
     hfr: bool = True  # Hyperbolic Feature Reweighting before expmap0 (hyperbolic only)
     hfr_norm: str = "rms"  # HFR's spatial normalisation: "rms" (default) or "l2" (HALO reference)
+    hfr_positivity: str = "softplus"  # HFR's channel-weight positivity: "softplus" or "clamp" (HALO reference)
+    head_dtype: str = "float32"  # dtype of expmap0, the MLR and the radius: "float64" = HALO reference
+    mlr: str = "ball"  # MLR form: "ball" (offsets inside the ball) or "released" (HALO's HyperMLR)
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
@@ -55,10 +58,14 @@ class SegmenterSpec:
                 f"curvature -c), but got curvature={self.curvature!r}"
             )
         object.__setattr__(self, "curvature", float(self.curvature))  # e.g. numpy floats -> float
-        if self.hfr_norm not in HFR_NORMS:
-            raise ValueError(
-                f"unknown hfr_norm={self.hfr_norm!r}; expected one of: {', '.join(HFR_NORMS)}"
-            )
+        for name, allowed in (
+            ("hfr_norm", HFR_NORMS), ("hfr_positivity", HFR_POSITIVITY), ("head_dtype", tuple(HEAD_DTYPES)),
+            ("mlr", MLR_FORMS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"unknown {name}={getattr(self, name)!r}; expected one of: {', '.join(allowed)}"
+                )
         for name in ("learnable_curvature", "hfr"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -122,11 +129,15 @@ def build_segmenter(
     learnable_curvature: bool = False,
     hfr: bool = True,
     hfr_norm: str = "rms",
+    hfr_positivity: str = "softplus",
+    head_dtype: str = "float32",
+    mlr: str = "ball",
 ) -> Segmenter:
     """Build a segmenter; deterministic under ``torch.manual_seed``, on CPU (move it with ``.to``).
 
-    ``curvature``, ``learnable_curvature``, ``hfr`` and ``hfr_norm`` only shape the hyperbolic
-    head; they are validated for both geometries and recorded in ``segmenter.spec``.
+    ``curvature``, ``learnable_curvature``, ``hfr``, ``hfr_norm``, ``hfr_positivity``,
+    ``head_dtype`` and ``mlr`` only shape the hyperbolic head; they are validated for both
+    geometries and recorded in ``segmenter.spec``.
     ``hfr_norm="l2"`` reproduces the HALO reference's HFR scaling, which learns much more slowly
     at this benchmark's resolution (see :class:`~halo_ray.hyperbolic.HFR`).
     """
@@ -139,6 +150,9 @@ def build_segmenter(
         learnable_curvature=learnable_curvature,
         hfr=hfr,
         hfr_norm=hfr_norm,
+        hfr_positivity=hfr_positivity,
+        head_dtype=head_dtype,
+        mlr=mlr,
     )
     features = build_backbone(spec.backbone)
     if spec.geometry == "hyperbolic":
@@ -150,6 +164,9 @@ def build_segmenter(
             learnable_curvature=spec.learnable_curvature,
             hfr=spec.hfr,
             hfr_norm=spec.hfr_norm,
+            hfr_positivity=spec.hfr_positivity,
+            head_dtype=spec.head_dtype,
+            mlr=spec.mlr,
         )
     else:
         head = EuclideanHead(features.out_channels, spec.num_classes, embed_dim=spec.embed_dim)

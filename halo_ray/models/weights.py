@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..hyperbolic import HFR
 from .mit import MixTransformer
 from .resnet import ResNet
 
@@ -594,7 +595,7 @@ class _StayInEval:
 
 
 def freeze_batchnorm(module: nn.Module) -> int:
-    """Freeze every BatchNorm in ``module`` (itself included); return how many there are.
+    """Freeze every BatchNorm in ``module`` (itself included) but HFR's; return how many it froze.
 
     Frozen means: eval mode (normalise with the running statistics and never update them),
     affine ``weight`` / ``bias`` with ``requires_grad=False``, and staying so through later
@@ -605,10 +606,16 @@ def freeze_batchnorm(module: nn.Module) -> int:
     the state dict: after building a fresh model from a checkpoint, freeze it again. There is
     no unfreeze; build a fresh model instead. Call it after loading pretrained weights and
     before building the optimizer (frozen parameters then get no gradient and no update).
+
+    The BatchNorm inside HFR (:class:`~halo_ray.hyperbolic.HFR`) is left alone: it is not a
+    pretrained layer, and HALO's code trains it as an ordinary BatchNorm under ``FREEZE_BN``
+    (its ``wn_mlp`` holds a plain ``nn.BatchNorm1d`` while the backbone's and decoder's norm
+    layers are frozen).
     """
     count = 0
+    keep = {id(m) for hfr in module.modules() if isinstance(hfr, HFR) for m in hfr.modules()}
     for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in keep:
             for p in (m.weight, m.bias):
                 if p is not None:
                     p.requires_grad_(False)

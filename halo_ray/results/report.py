@@ -29,6 +29,7 @@ from halo_ray.results.plots import (
 from halo_ray.results.store import IOU_COLUMNS, RADIUS_COLUMNS, atomic_write_bytes, read_results
 from halo_ray.results.tables import (
     BASE_COLUMNS,
+    PAIRING_IGNORED_KEYS,
     AnalysisError,
     ablation_table,
     check_frame,
@@ -203,6 +204,22 @@ def _ablation_axes(frame: pd.DataFrame) -> list[str]:
     return [a for a in ABLATION_CANDIDATES if a in final.columns and final[a].nunique(dropna=False) > 1]
 
 
+def varied_keys(frame: pd.DataFrame) -> list[str]:
+    """Config keys (from ``config_json``) on which the complete trials differ, in key order;
+    seeds, budgets, places and runtime settings aside (:data:`PAIRING_IGNORED_KEYS`), the
+    strategy kept. A search over variants (e.g. ``ablation_hfr``) varies several together."""
+    final = final_rows(frame)
+    configs = []
+    for text in final["config_json"]:
+        try:
+            config = json.loads(text) if text else {}
+        except (TypeError, json.JSONDecodeError):
+            return []
+        configs.append(config if isinstance(config, dict) else {})
+    keys = sorted({k for c in configs for k in c} - (PAIRING_IGNORED_KEYS - {"strategy"}) - {"budget"})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+
+
 def _selection_grid(snapshots: Path, round_index: int) -> tuple[dict[str, bytes], str]:
     """({name: PNG}, note): one grid per target image that every strategy's round snapshot holds.
 
@@ -288,6 +305,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
     }
     if baseline is not None:
         tables["paired_differences"] = paired_differences(frame, baseline)
+    varied = varied_keys(frame)
+    if varied and varied != ["strategy"]:  # several keys vary: one row per configuration
+        tables["configurations"] = ablation_table(frame, varied)
     for axis in _ablation_axes(frame):
         tables[f"ablation_{axis}"] = ablation_table(frame, axis)
 
@@ -370,6 +390,14 @@ def _render(
         "Final-round tables use complete trials only; means over seeds, std with ddof=1.\n",
     ]
     parts.append(_section("Final mIoU per strategy and budget", tables["strategy_table"], "No trial is complete yet."))
+    if "configurations" in tables:
+        parts.append(
+            _section(
+                "Final mIoU per configuration", tables["configurations"], "No trial is complete yet.",
+                intro="Every config key the complete trials vary; mean ± `miou_ci95` is the 95 % t-interval "
+                "of the mean over seeds.",
+            )
+        )
     if baseline is not None:
         parts.append(
             _section(

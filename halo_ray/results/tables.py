@@ -75,9 +75,12 @@ def check_frame(frame: pd.DataFrame, columns: Sequence[str] = BASE_COLUMNS) -> N
 
 
 def _mean_std_n(grouped: pd.api.typing.SeriesGroupBy, prefix: str) -> pd.DataFrame:
-    """mean, sample std (ddof=1, NaN for one value) and count of one grouped column."""
+    """mean, sample std (ddof=1, NaN for one value), the half-width of the mean's 95 % Student-t
+    interval (``<prefix>_ci95``: mean ± ci95; NaN for one value) and count of one grouped column."""
     out = grouped.agg(["mean", "std", "count"])  # pandas' std is the sample std (ddof=1)
     out.columns = [f"{prefix}_mean", f"{prefix}_std", "n"]
+    ci = grouped.agg(lambda v: t_half_width(v.dropna().to_numpy()))
+    out.insert(2, f"{prefix}_ci95", ci)
     return out
 
 
