@@ -36,8 +36,12 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 def cmd_run(args: argparse.Namespace) -> int:
     from halo_ray.config import load_config
     from halo_ray.run import run_experiment
+    from halo_ray.rundir import check_not_under_a_file
+    from halo_ray.training import resolve_device
 
     cfg = load_config(args.experiment, args.set)
+    resolve_device(cfg.device)  # no GPU behind device=cuda: bad input, before anything is written
+    check_not_under_a_file(Path(cfg.source_cache), "source_cache")
     out = Path(args.out) if args.out else Path("runs") / cfg.experiment
     frame = run_experiment(cfg, out, resume=args.resume, tensorboard=not args.no_tensorboard)
     last = frame.iloc[-1]
@@ -95,7 +99,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from halo_ray.config import parse_overrides
     from halo_ray.distributed.space import load_search_space
 
+    from halo_ray.rundir import check_not_under_a_file
+
     space = load_search_space(args.space, parse_overrides(args.set))
+    check_not_under_a_file(Path(args.storage).expanduser() / space.name, "--storage")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0 or args.scorers_per_trial < 0:
         raise UsageError(
             f"--cpus-per-trial must be > 0, --gpus-per-trial >= 0 and --scorers-per-trial >= 0, but got "
@@ -121,8 +128,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from halo_ray.results import locate_results, write_report
 
+    from halo_ray.rundir import check_not_under_a_file
+
     results, root = locate_results(args.results)
     out = Path(args.out) if args.out else (root or results.parent) / "analysis"
+    check_not_under_a_file(out, "--out")
     report = write_report(args.results, out, baseline=args.baseline)
     print(report.summary())
     print(f"report: {report.files[-1]}")
@@ -131,8 +141,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from halo_ray.data import generate_benchmark
+    from halo_ray.rundir import check_not_under_a_file
 
-    paths = generate_benchmark(Path(args.out), seed=args.seed, overwrite=args.overwrite)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, but got --seed {args.seed}")
+    check_not_under_a_file(Path(args.out), "--out")
+    try:
+        paths = generate_benchmark(Path(args.out), seed=args.seed, overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise UsageError(f"data generate: {err}") from None
     print(f"wrote the embedded benchmark: {paths}")
     return EXIT_OK
 

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -77,7 +78,7 @@ class ExperimentConfig:
     learnable_curvature: bool = False  # train c jointly with the network
     hfr: bool = True  # hyperbolic feature reweighting before expmap0
     # The next five keys are where the released HALO code's arithmetic differs from our defaults
-    # (README "Defaults and the released code"); null = the released value under reference: true,
+    # (README "Our defaults and the released code"); null = the released value under reference: true,
     # ours otherwise, and an explicit value wins either way (ablations).
     hfr_norm: Literal["rms", "l2"] | None = None  # HFR spatial normalisation: rms (ours), l2 (released)
     hfr_positivity: Literal["softplus", "clamp"] | None = None  # HFR weights: softplus (ours), clamp at 1e-5 (released)
@@ -273,6 +274,24 @@ def _default_values() -> dict[str, Any]:
     return ExperimentConfig().to_dict()
 
 
+#: Longest text of a value echoed back in an error message (a huge value is cut, not repeated).
+MAX_SHOWN = 80
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to :data:`MAX_SHOWN` characters."""
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to :data:`MAX_SHOWN` characters, saying how long it was."""
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 15] + f"... ({len(text)} chars)"
+
+
+#: An experiment name: it names run folders and result files, so no path separators or dots first.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 def _odd(name: str, value: int, minimum: int = 1) -> None:
     if value < minimum or value % 2 == 0:
         raise ConfigError(f"{name} must be an odd integer >= {minimum}, but got {name}={value}")
@@ -298,8 +317,18 @@ def _check_input_size(name: str, value: tuple[int, ...] | None) -> None:
 
 def _validate(cfg: ExperimentConfig) -> None:
     """One check per key, each naming the key, the value and what is expected."""
+    if not _NAME_RE.match(cfg.experiment) or len(cfg.experiment) > 100:
+        raise ConfigError(
+            f"experiment names run folders and result files: letters, digits, '_', '.', '-' (not first), at "
+            f"most 100 characters, but got experiment={_shown(cfg.experiment)}"
+        )
+    bad_floats = [f.name for f in fields(cfg) if isinstance(getattr(cfg, f.name), float)
+                  and not math.isfinite(getattr(cfg, f.name))]
+    if bad_floats:
+        name = bad_floats[0]
+        raise ConfigError(f"{name} must be a finite number, but got {name}={getattr(cfg, name)}")
     if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={cfg.strategy!r}")
+        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={_shown(cfg.strategy)}")
     if cfg.strategy in HYPERBOLIC_STRATEGIES and cfg.geometry != "hyperbolic":
         raise ConfigError(
             f"strategy={cfg.strategy!r} reads the hyperbolic radius and needs geometry='hyperbolic', "
@@ -315,6 +344,12 @@ def _validate(cfg: ExperimentConfig) -> None:
     _odd("boundary_window", cfg.boundary_window)
     if cfg.suppression is not None:
         _odd("suppression", cfg.suppression)
+    if cfg.unit == "region" and cfg.suppression_size < cfg.region_size:
+        raise ConfigError(
+            f"the suppression window must cover the labelled square, but got suppression={cfg.suppression_size} < "
+            f"region_size={cfg.region_size} (squares of one round would overlap); use suppression >= "
+            f"{2 * cfg.region_size - 1} for squares that never overlap"
+        )
     try:
         check_void_ids(cfg.void_label_ids)
     except ValueError as err:
@@ -336,7 +371,7 @@ def _validate(cfg: ExperimentConfig) -> None:
     for name in ("lr", "poly_power", "head_lr_mult"):
         _positive(name, getattr(cfg, name))
     if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}, but got backbone={cfg.backbone!r}")
+        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}, but got backbone={_shown(cfg.backbone)}")
     if cfg.pretrained is not None and not Path(cfg.pretrained).expanduser().is_file():
         raise ConfigError(f"pretrained must be a local weights file, but {cfg.pretrained!r} does not exist")
     if cfg.head_lr_mult != 1.0 and cfg.backbone == "tiny":
@@ -389,7 +424,7 @@ def _validate(cfg: ExperimentConfig) -> None:
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError(f"num_threads must be >= 1 or null, but got num_threads={cfg.num_threads}")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got device={cfg.device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', but got device={_shown(cfg.device)}")
     for name in ("source_size", "target_size"):
         _check_input_size(name, getattr(cfg, name))
     known = {"fog", "night", "rain", "snow"}
@@ -414,7 +449,7 @@ def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
     origin = get_origin(hint)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{origin_name}: {key} must be one of {list(args)}, but got {key}={value!r}")
+            raise ConfigError(f"{origin_name}: {key} must be one of {list(args)}, but got {key}={_shown(value)}")
         return value
     if args and type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
@@ -425,17 +460,17 @@ def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{origin_name}: {key} must be a list, but got {key}={value!r}")
+            raise ConfigError(f"{origin_name}: {key} must be a list, but got {key}={_shown(value)}")
         return tuple(_coerce(key, v, args[0], origin_name) for v in value)
     if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{origin_name}: {key} must be true or false, but got {key}={value!r}")
+        raise ConfigError(f"{origin_name}: {key} must be true or false, but got {key}={_shown(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={value!r}")
+            raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={_shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, str):
@@ -445,15 +480,15 @@ def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
                 pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={value!r}")
+        raise ConfigError(f"{origin_name}: {key} must be an integer, but got {key}={_shown(value)}")
     if hint is float:
         if isinstance(value, bool) and key == "local_consistency":
             raise ConfigError(
                 f"{origin_name}: local_consistency is now the weight of RIPU's local-consistency loss "
-                f"(a number: RIPU 0.1, 0 = off), not a switch, but got local_consistency={value!r}"
+                f"(a number: RIPU 0.1, 0 = off), not a switch, but got local_consistency={_shown(value)}"
             )
         if isinstance(value, bool):
-            raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={value!r}")
+            raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={_shown(value)}")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):  # PyYAML reads 1e-4 as a string
@@ -461,30 +496,45 @@ def _coerce(key: str, value: Any, hint: Any, origin_name: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={value!r}")
+        raise ConfigError(f"{origin_name}: {key} must be a number, but got {key}={_shown(value)}")
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{origin_name}: {key} must be a string, but got {key}={value!r}")
+        raise ConfigError(f"{origin_name}: {key} must be a string, but got {key}={_shown(value)}")
     raise ConfigError(f"{origin_name}: unsupported type for {key}")  # pragma: no cover
 
 
-def build_config(values: dict[str, Any], *, origin: str = "config") -> ExperimentConfig:
+def build_config(
+    values: dict[str, Any], *, origin: str = "config", origins: dict[str, str] | None = None
+) -> ExperimentConfig:
     """Validate a flat mapping into an :class:`ExperimentConfig`.
 
-    ``origin`` names where the values came from (file path, ``--set``) in every error.
+    ``origin`` names where the values came from (file path, ``--set``) in every error;
+    ``origins`` may name it per key (:func:`load_config`: the file, an ``extends:`` base, or
+    the ``--set key=value``), and an error about a key is then attributed to that key's origin.
     """
+    origins = origins or {}
     hints = _field_types()
     unknown = sorted(set(values) - set(hints))
     if unknown:
+        where = _origin_of(unknown, origins, origin)
         raise ConfigError(
-            f"{origin}: unknown config key(s) {unknown}; known keys are {sorted(hints)}"
+            f"{where}: unknown config key(s) {[_cut(str(k)) for k in unknown]}; known keys are {sorted(hints)}"
         )
-    typed = {k: _coerce(k, v, hints[k], origin) for k, v in values.items()}
+    typed = {k: _coerce(k, v, hints[k], origins.get(k, origin)) for k, v in values.items()}
     try:
         return ExperimentConfig(**typed)
     except ConfigError as err:
-        raise ConfigError(f"{origin}: {err}") from None
+        named = [k for k in origins if re.search(rf"\b{re.escape(k)}\b", str(err))]
+        raise ConfigError(f"{_origin_of(named, origins, origin)}: {err}") from None
+
+
+def _origin_of(keys: list[str], origins: dict[str, str], default: str) -> str:
+    """Where the first of ``keys`` given on the command line came from, else the first key's, else ``default``."""
+    for key in keys:
+        if origins.get(key, "").startswith("--set"):
+            return origins[key]
+    return origins.get(keys[0], default) if keys else default
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -492,11 +542,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--set expects key=value, but got {pair!r}")
+            raise ConfigError(f"--set expects key=value, but got {_shown(pair)}")
         key, raw = pair.split("=", 1)
         key = key.strip()
         if not key:
-            raise ConfigError(f"--set expects key=value, but got {pair!r}")
+            raise ConfigError(f"--set expects key=value, but got {_shown(pair)}")
         try:
             out[key] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -504,12 +554,34 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {_shown(key)} is given twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if data is None:
@@ -523,18 +595,34 @@ EXTENDS_KEY = "extends"
 """Experiment-file key naming a base file (relative to this one) whose values this file overrides."""
 
 
-def read_experiment_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_experiment_values(
+    path: str | Path, _chain: tuple[Path, ...] = (), *, origins: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The config values of an experiment file, ``extends:`` resolved.
 
     A variant file (``extends: gtav_to_cityscapes.yaml`` plus the keys it changes) inherits
     every other key of its base, which may extend another; a cycle or a missing base is an
-    error naming the chain of files.
+    error naming the chain of files. ``origins``, when given, receives for every key the file
+    it came from (``base.yaml (extends: of variant.yaml)`` for inherited keys).
     """
-    path = Path(path)
+    values = _read_experiment_values(Path(path), _chain)
+    if origins is not None:
+        origins.update({key: source for key, (_, source) in values.items()})
+    return {key: value for key, (value, _) in values.items()}
+
+
+def _read_experiment_values(path: Path, _chain: tuple[Path, ...]) -> dict[str, tuple[Any, str]]:
+    """:func:`read_experiment_values` with each value's file: ``{key: (value, origin)}``."""
     data = read_yaml_mapping(path)
+    if not data:
+        raise ConfigError(
+            f"{path}: the experiment file sets no key; start from experiments/synthetic.yaml, or "
+            f"write '{EXTENDS_KEY}: <base file>' with the keys you change"
+        )
     base = data.pop(EXTENDS_KEY, None)
+    own = {key: (value, str(path)) for key, value in data.items()}
     if base is None:
-        return data
+        return own
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: {EXTENDS_KEY} must name a base experiment file, but got {base!r}")
     base_path = (path.parent / base).resolve()
@@ -544,15 +632,27 @@ def read_experiment_values(path: str | Path, _chain: tuple[Path, ...] = ()) -> d
         raise ConfigError(f"{path}: {EXTENDS_KEY} makes a cycle: {names}")
     if not base_path.is_file():
         raise ConfigError(f"{path}: {EXTENDS_KEY}: base experiment file {base_path} does not exist")
-    return {**read_experiment_values(base_path, chain), **data}
+    inherited = {
+        key: (value, source if "(extends:" in source else f"{source} (extends: of {path})")
+        for key, (value, source) in _read_experiment_values(base_path, chain).items()
+    }
+    return {**inherited, **own}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read an experiment YAML (``extends:`` resolved), apply ``--set`` overrides, validate."""
+    """Read an experiment YAML (``extends:`` resolved), apply ``--set`` overrides, validate.
+
+    Errors name where the offending value came from: the file, the base file an ``extends:``
+    brought it from, or the ``--set key=value`` that gave it.
+    """
     path = Path(path)
-    values = read_experiment_values(path)
+    origins: dict[str, str] = {}
+    values = read_experiment_values(path, origins=origins)
+    for pair in overrides or []:
+        key = pair.split("=", 1)[0].strip()
+        origins[key] = f"--set {_cut(pair)}"
     values.update(parse_overrides(overrides or []))
-    return build_config(values, origin=str(path))
+    return build_config(values, origin=str(path), origins=origins)
 
 
 def config_keys() -> list[str]:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Any
 
 import geoopt
 import geoopt.manifolds.stereographic.math as gmath
@@ -254,7 +255,9 @@ def radius_map(z: Tensor, *, c: CurvatureLike) -> Tensor:
     sq = channels[0] * channels[0]
     for channel in channels[1:]:
         sq = sq.addcmul(channel, channel)
-    return _radius_of_norm(sq.sqrt(), sqrt_c)
+    positive = sq > 0  # sqrt's gradient at 0 is infinite: the origin gets norm 0 with gradient 0
+    norm = torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
+    return _radius_of_norm(norm, sqrt_c)
 
 
 def hyperbolic_mlr(
@@ -526,9 +529,10 @@ class HFR(nn.Module):
         unit = F.normalize(f.flatten(2), dim=-1).view_as(f)  # f_d / ‖f_d‖₂ over H×W
         return unit * w[:, :, None, None]
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
-        """Read checkpoints of halo_ray ≤ 0.1 (``fc1`` a 1×1 conv, ``bn``, ``fc2``) too."""
-        renames = {"fc1.": "mlp.0.", "bn.": "mlp.1.", "fc2.": "mlp.3."}
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Also read the released ``wn_mlp``'s own keys (``0.weight`` … ``3.bias``) and
+        checkpoints of halo_ray ≤ 0.1 (``fc1`` a 1×1 conv, ``bn``, ``fc2``)."""
+        renames = {"fc1.": "mlp.0.", "bn.": "mlp.1.", "fc2.": "mlp.3.", "0.": "mlp.0.", "1.": "mlp.1.", "3.": "mlp.3."}
         for key in [k for k in state_dict if k.startswith(prefix)]:
             rest = key[len(prefix) :]
             for old, new in renames.items():

@@ -37,6 +37,7 @@ from halo_ray.results import (
     read_round_row,
     write_round_row,
 )
+from halo_ray.rundir import claim_run_directory
 from halo_ray.training import Evaluation
 
 CHECKPOINT_FORMAT = 1
@@ -232,6 +233,7 @@ class ActiveLearningRun:
         ensure_data(cfg, log)
         self.learner = learner if learner is not None else Learner(cfg, log=log)
         self.shapes = [(int(h), int(w)) for h, w in self.learner.target_shapes()]
+        _check_budget_fits(cfg, self.shapes)
         self.names = self.learner.target_names()
         self.pool = pool if pool is not None else LabelPool(self.shapes, DatasetOracle(open_split(cfg, "train")))
         self.scorer = scorer if scorer is not None else self.learner
@@ -275,10 +277,15 @@ class ActiveLearningRun:
             sink.add_summary(ssi)
 
     # -- lifecycle -----------------------------------------------------------------
-    def start_or_resume(self, resume: bool) -> None:
-        """Begin a fresh run (source model, round 0) or load the last round's checkpoint."""
+    def start_or_resume(self, resume: bool | None) -> None:
+        """Begin a fresh run (source model, round 0) or load the last round's checkpoint.
+
+        ``resume``: False only starts; True continues and refuses a run whose rows exist but
+        whose checkpoints are gone (starting afresh would mix two runs' rows); None (a search
+        trial that Tune restarts) continues when there is a checkpoint and starts otherwise.
+        """
         existing = latest_checkpoint(self.out_dir)
-        if existing is not None and not resume:
+        if existing is not None and resume is False:
             raise ConfigError(
                 f"{self.out_dir} already holds a run (last checkpoint {existing.name}); "
                 "pass --resume to continue it or choose another --out"
@@ -286,6 +293,13 @@ class ActiveLearningRun:
         if existing is not None:
             self.restore(load_checkpoint(existing), existing)
             return
+        rows = sorted(self.results_dir.glob(f"{self.trial_id}-round*.parquet")) if resume else []
+        if resume is True and rows:
+            raise ConfigError(
+                f"--resume: {self.out_dir} holds result rows of this run ({rows[-1].name}) but no checkpoint "
+                f"under {self.out_dir / 'checkpoints'} to continue from; restore the checkpoints or start "
+                "the run in another --out"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.out_dir / "config.json"
         atomic_write_bytes(config_file, lambda tmp: tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2)))
@@ -596,6 +610,26 @@ def _unit_range(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
 
 
+def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
+    """Refuse a config whose single pick exceeds an image's budget for one round.
+
+    Every image gets at least one pick per round, so a square (or a pixel) larger than
+    ``H·W·budget/rounds`` would label more than the budget allows (``region_size: 201`` on the
+    embedded benchmark would label 77 % for a 5 % budget).
+    """
+    if cfg.rounds == 0 or not shapes:
+        return
+    height, width = min(shapes, key=lambda hw: hw[0] * hw[1])
+    allowed = height * width * cfg.budget / 100 / cfg.rounds  # pixels per image and round
+    unit_pixels = min(cfg.region_size, height) * min(cfg.region_size, width) if cfg.unit == "region" else 1
+    if unit_pixels > allowed:
+        raise ConfigError(
+            f"budget={cfg.budget:g} % over rounds={cfg.rounds} allows {allowed:.1f} pixels per {height}x{width} target "
+            f"image and round, but one pick labels {unit_pixels} (unit={cfg.unit}, region_size={cfg.region_size}): "
+            "the budget would be exceeded; use a smaller region_size or fewer rounds, or a larger budget"
+        )
+
+
 def _check_same_config(cfg: ExperimentConfig, saved: dict, path: Path | str) -> None:
     """A resumed run must continue the same config; name every key that differs.
 
@@ -618,9 +652,14 @@ def run_experiment(
     cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, log: LogFn = log_to_stderr,
     tensorboard: bool = True,
 ) -> pd.DataFrame:
-    """Run one experiment to the end (or finish it with ``resume``); returns its rows."""
-    run = ActiveLearningRun(cfg, Path(out_dir), log=log, tensorboard=tensorboard)
-    return run.execute(resume=resume)
+    """Run one experiment to the end (or finish it with ``resume``); returns its rows.
+
+    The run owns ``out_dir`` (:func:`~halo_ray.rundir.claim_run_directory`): a folder that is
+    not a halo_ray run, or one another process is running in, is refused untouched.
+    """
+    with claim_run_directory(out_dir, resume=resume):
+        run = ActiveLearningRun(cfg, Path(out_dir), log=log, tensorboard=tensorboard)
+        return run.execute(resume=resume)
 
 
 __all__ = [

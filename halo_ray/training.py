@@ -48,7 +48,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but torch sees no CUDA device")
+        raise ConfigError(f"device={name!r} was asked for but torch sees no CUDA device; use device=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -763,10 +765,8 @@ class Trainer:
         micro-batch losses of one step sum to the loss of the whole batch.
 
         ``src`` and ``tgt`` are the step's whole batches (images ``[B, h, w, 3]``, labels
-        ``[B, h, w]``, flips ``[B]``). Pixel-averaged terms (cross-entropies, local
-        consistency) are divided by the whole batch's count of labelled pixels; negative
-        learning (an equal number of pixels per image) by the number of micro-batches.
-        Frozen BatchNorm makes accumulation exact for these.
+        ``[B, h, w]``, flips ``[B]``). The cross-entropies are divided by the whole batch's count
+        of labelled pixels, so with frozen BatchNorm accumulating them is exact.
 
         Local consistency and negative learning are the released losses of each micro-batch
         (mean over its boundary pixels, sum over its negatives / their count) divided by the

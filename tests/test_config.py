@@ -189,13 +189,22 @@ def test_head_and_loss_keys_refuse_values_outside_their_sets(values, expected):
     assert str(err.value).startswith("exp.yaml:")
 
 
-def test_an_old_local_consistency_switch_fails_through_the_cli_with_exit_2(tmp_path):
+def test_an_old_local_consistency_switch_fails_through_the_cli_with_exit_2(tmp_path, capsys):
     from halo_ray.cli import main
 
     old = tmp_path / "old.yaml"
     old.write_text("local_consistency: true\n")
     out = tmp_path / "run"
     assert main(["run", str(old), "--out", str(out)]) == 2
+    assert "local_consistency is now the weight" in capsys.readouterr().err
+    for bad, message in (
+        ("hfr_positivity=relu", "hfr_positivity must be one of ['softplus', 'clamp']"),
+        ("head_dtype=half", "head_dtype must be one of ['float32', 'float64']"),
+        ("local_consistency=-1", "local_consistency is the weight of RIPU's local-consistency loss"),
+        ("mlr=plain", "mlr must be one of ['ball', 'released']"),
+    ):
+        assert main(["run", str(ROOT / "experiments" / "synthetic.yaml"), "--out", str(out), "--set", bad]) == 2
+        assert message in capsys.readouterr().err
     assert not out.exists()
     assert build_config({"amp": True, "reference": True, "head_dtype": "float32"}).amp  # the way out works
 

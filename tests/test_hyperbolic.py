@@ -499,6 +499,10 @@ def test_hfr_is_structured_as_the_released_wn_mlp_and_loads_its_weights_in_order
     assert [type(m) for m in hfr.mlp] == [type(m) for m in released]
     hfr.mlp.load_state_dict(released.state_dict())
     shapes = [tuple(p.shape) for p in hfr.parameters()]
+    bare = HFR(6)
+    bare.load_state_dict(released.state_dict())  # the wn_mlp's own keys ("0.weight", ...) load too
+    for mine, theirs in zip(bare.state_dict().values(), released.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
     assert shapes == [(6, 6), (6,), (6,), (6,), (6, 6), (6,)]  # weights in the released order
 
 
@@ -561,3 +565,13 @@ def test_hfr_rejects_wrong_channels_and_unknown_norms():
         ValueError, match=r"positivity must be one of softplus, clamp, but got positivity='relu'"
     ):
         HFR(8, positivity="relu")
+
+
+def test_radius_map_of_the_origin_is_zero_with_a_finite_gradient():
+    z = torch.zeros(2, 4, 3, 3, dtype=torch.float64)
+    z[0, :, 1, 1] = torch.tensor([0.3, 0.0, -0.4, 0.0], dtype=torch.float64)
+    z.requires_grad_(True)
+    r = radius_map(z, c=1.0)
+    assert r[1].abs().max().item() == 0.0 and r[0, 1, 1].item() == pytest.approx(2 * math.atanh(0.5), rel=1e-12)
+    r.sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad[1].abs().max().item() == 0.0

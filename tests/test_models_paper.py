@@ -543,22 +543,27 @@ def test_unfrozen_batchnorm_statistics_do_change():  # control for the test belo
 
 def test_freeze_batchnorm_survives_train_and_keeps_statistics():
     model = _small_segmenter("deeplabv3p_r101", "hyperbolic")
+    hfr_bn = model.head.hfr.mlp[1]
+    frozen = [bn for bn in _bn_layers(model) if bn is not hfr_bn]
     # ResNet (1,1,2,1): stem + 5 blocks × 3 + 4 projections; ASPP: 1×1 + 3 rates + fuse;
-    # low-level projection; decoder × 2; HFR's BatchNorm in the hyperbolic head
-    assert freeze_batchnorm(model) == len(_bn_layers(model)) == (1 + 15 + 4) + 5 + 1 + 2 + 1
+    # low-level projection; decoder × 2. HFR's BatchNorm in the hyperbolic head keeps training,
+    # as HALO's (its wn_mlp BatchNorm1d is an ordinary one under FREEZE_BN)
+    assert freeze_batchnorm(model) == len(frozen) == len(_bn_layers(model)) - 1 == (1 + 15 + 4) + 5 + 1 + 2
     model.train()
-    assert model.training and model.head.training
-    assert not any(bn.training for bn in _bn_layers(model))
+    assert model.training and model.head.training and hfr_bn.training and hfr_bn.weight.requires_grad
+    assert not any(bn.training for bn in frozen)
     before = _bn_state(model)
     x = torch.randn(2, 3, 40, 40)
     out = model(x)
     out.logits.logsumexp(dim=1).mean().backward()
     after = _bn_state(model)
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    for bn in _bn_layers(model):
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head.hfr."))
+    assert not torch.equal(before["head.hfr.mlp.1.running_mean"], after["head.hfr.mlp.1.running_mean"])
+    for bn in frozen:
         assert not bn.weight.requires_grad and bn.weight.grad is None and bn.bias.grad is None
     assert model.backbone.encoder.conv1.weight.grad.abs().sum() > 0  # the rest still trains
-    with torch.no_grad():  # BN normalises with running statistics, as in eval mode
+    with torch.no_grad():  # frozen BN normalises with running statistics, as in eval mode
+        hfr_bn.eval()
         torch.testing.assert_close(model(x).logits, model.eval()(x).logits)
 
 

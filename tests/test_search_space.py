@@ -272,7 +272,7 @@ def test_grace_period_is_bounded_by_the_smallest_rounds_parameter(tmp_path):
 
 SHIPPED = {
     "quickstart": 4,
-    "quickstart_seeds": 12,
+    "quickstart_seeds": 20,
     "strategies": 45,
     "geometry": 20,
     "ablation_hfr": 15,
@@ -502,4 +502,17 @@ def test_the_shipped_hfr_ablation_runs_each_hfr_model_once_per_seed():
     ],
 )
 def test_bad_variants_are_named(tmp_path, body, expected):
+    assert expected in load_error(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("set: {seed: 1}\n", "the search varies nothing (no parameters: and no variants:)"),
+        ("metric: miou13\n" + GRID, "metric: miou13 (the 13-class mIoU*) is reported for source: synthia only, but a trial has source='gtav'"),
+        ("metric: radius_mean\nparameters:\n  strategy: {grid: [ripu]}\n  geometry: {grid: [hyperbolic, euclidean]}\n",
+         "radius_mean is reported for the hyperbolic head only, but a trial has geometry='euclidean'"),
+    ],
+)
+def test_searches_that_vary_nothing_or_optimise_an_unreported_metric_are_refused(tmp_path, body, expected):
     assert expected in load_error(tmp_path, body)

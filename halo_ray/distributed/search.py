@@ -36,6 +36,7 @@ from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceErro
 from halo_ray.learner import ensure_data
 from halo_ray.results import atomic_write_bytes
 from halo_ray.run import ActiveLearningRun, format_duration, load_checkpoint, save_checkpoint
+from halo_ray.rundir import claim_run_directory
 
 STATE_FILE = "state.pt"
 
@@ -89,22 +90,23 @@ def run_trial(config: dict[str, Any]) -> None:
     def log(message: str) -> None:
         print(f"[{trial_id}] {message}", file=sys.stderr, flush=True)
 
-    run = ActiveLearningRun(
-        cfg, paths.trials / trial_id, search=meta["name"], trial_id=trial_id, log=log,
-        learner=actors.learner, pool=actors.pool, scorer=actors.scorer,
-        results_dir=paths.results, tensorboard_dir=paths.tensorboard,
-    )
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.restore(load_checkpoint(Path(folder) / STATE_FILE), f"Tune checkpoint of {trial_id}")
-    else:
-        run.start_or_resume(resume=True)
-        _report(run)
-    while run.round < cfg.rounds:
-        run.run_round(run.round + 1)
-        _report(run)
-    run.close()
+    with claim_run_directory(paths.trials / trial_id, resume=None, flag="trial directory"):
+        run = ActiveLearningRun(
+            cfg, paths.trials / trial_id, search=meta["name"], trial_id=trial_id, log=log,
+            learner=actors.learner, pool=actors.pool, scorer=actors.scorer,
+            results_dir=paths.results, tensorboard_dir=paths.tensorboard,
+        )
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                run.restore(load_checkpoint(Path(folder) / STATE_FILE), f"Tune checkpoint of {trial_id}")
+        else:
+            run.start_or_resume(resume=None)
+            _report(run)
+        while run.round < cfg.rounds:
+            run.run_round(run.round + 1)
+            _report(run)
+        run.close()
 
 
 def _report(run: ActiveLearningRun) -> None:

@@ -620,6 +620,30 @@ def _check_values(
     return tuple(checked)
 
 
+def _metric_unreported(metric: str, cfg: ExperimentConfig) -> str | None:
+    """Why a run of ``cfg`` would leave ``metric`` empty (None when it reports it)."""
+    if metric == "miou13" and cfg.source != "synthia":
+        return f"miou13 (the 13-class mIoU*) is reported for source: synthia only, but a trial has source={cfg.source!r}"
+    if (metric.startswith("radius_") or metric == "radius_acc_spearman") and cfg.geometry != "hyperbolic":
+        return f"{metric} is reported for the hyperbolic head only, but a trial has geometry={cfg.geometry!r}"
+    return None
+
+
+def _check_metric_reported(
+    metric: str, base: ExperimentConfig, specs: tuple[ParamSpec, ...], variants: tuple[dict[str, Any], ...],
+    searcher: str, path: Path,
+) -> None:
+    """Refuse a metric that some trial would never report (the searcher would optimise nothing)."""
+    axes = [s for s in specs if s.is_grid_axis(searcher)]
+    points = [dict(zip([s.key for s in axes], combo, strict=True)) for combo in itertools.product(*(s.values or () for s in axes))]
+    for variant in variants or ({},):
+        for point in points[:MAX_CHECKED_COMBINATIONS]:
+            cfg = build_config({**base.to_values(), **variant, **point}, origin=str(path))
+            reason = _metric_unreported(metric, cfg)
+            if reason:
+                raise SearchSpaceError(f"{path}: metric: {reason}; choose a metric every trial reports, e.g. miou")
+
+
 # ----------------------------------------------------------------------------------
 # the loader
 
@@ -693,6 +717,13 @@ def load_search_space(path: str | Path, overrides: Mapping[str, Any] | None = No
         except SearchSpaceError as err:
             raise SearchSpaceError(f"{path}: variants[{i}] {variant}: {_strip_origin(err, path)}") from None
     specs = _check_values(specs, {**base.to_values(), **(variants[0] if variants else {})}, path)
+
+    if not specs and not variants:
+        raise SearchSpaceError(
+            f"{path}: the search varies nothing (no parameters: and no variants:); add one, "
+            "e.g. parameters: {seed: {grid: [0, 1, 2]}}, or run the experiment with `halo-ray run`"
+        )
+    _check_metric_reported(metric, base, specs, variants, searcher, path)
 
     rounds_spec = next((s for s in specs if s.key == "rounds"), None)
     min_rounds = min(int(v) for _, v in _candidates(rounds_spec)) if rounds_spec else base.rounds
