@@ -53,7 +53,7 @@ BINS = 100
 REGION_SIZE = 3
 BUDGET_PCT = 5.0
 ROUNDS = 5
-SPEEDUP_TARGET = 30.0  # DESIGN §10, per image at 2048x1024
+SPEEDUP_TARGET = 30.0  # docs/architecture.md §5, per image at 2048x1024
 TARGET_PIXELS = 2048 * 1024
 
 

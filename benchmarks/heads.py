@@ -7,7 +7,7 @@ processes hits all alike; the reported time per step is the median. ``hyperbolic
 default head (float32, offsets in the ball, HFR softplus + rms), ``mlr_released`` the same
 with HALO's HyperMLR arithmetic (``mlr: released``), ``released`` the released HALO head that
 ``reference: true`` builds (float64 expmap0 and HyperMLR, HFR clamp + l2).
-Target (DESIGN §10): ratio hyperbolic/euclidean ≤ 1.3.
+Target (docs/architecture.md §5): ratio hyperbolic/euclidean ≤ 1.3.
 
 Run from the repository root::
 

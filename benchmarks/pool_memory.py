@@ -1,4 +1,4 @@
-"""Label-pool memory per target pixel (DESIGN §10: <= 1.1 bit per pixel plus O(labelled)).
+"""Label-pool memory per target pixel (target, docs/architecture.md §5: <= 1.1 bit per pixel plus O(labelled)).
 
 For a pool of N images of H×W pixels labelled at 0 %, 1 % and 5 % with disjoint 3×3 squares
 (one round), measures

@@ -1,6 +1,6 @@
 """Benchmark: what Ray costs per trial, and how a search's throughput scales with nodes.
 
-Two measurements, side by side in one process (DESIGN §10: overhead ≤ 2 s per trial;
+Two measurements, side by side in one process (targets, docs/architecture.md §5: overhead ≤ 3 s per trial;
 trials/hour scale with cluster CPUs):
 
 1. **Ray overhead per trial.** The same tiny active-learning run, once in-process with

@@ -98,7 +98,7 @@ class ExperimentConfig:
     reference: bool = False  # the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above
 
     # --- training ---------------------------------------------------------------
-    loop: Literal["continuous", "adapt", "retrain"] = "continuous"  # semantics of DESIGN §3 (adapt: HALO's)
+    loop: Literal["continuous", "adapt", "retrain"] = "continuous"  # docs/architecture.md §2 (adapt: HALO's)
     source_steps: int = 600  # source-only pre-training steps (cached by config hash)
     round_steps: int = 100  # training steps after each selection round (rounds × round_steps in all)
     select_steps: tuple[int, ...] | None = None  # adaptation steps where rounds select (first 0); null = every round_steps

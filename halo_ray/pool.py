@@ -1,12 +1,12 @@
 """The label pool: which target pixels have been revealed, by whom, in which round, at what cost.
 
-The active-learning loop (DESIGN §3) asks the selection for pick centres per image and round,
+The active-learning loop (docs/architecture.md §2) asks the selection for pick centres per image and round,
 then calls :meth:`LabelPool.reveal`, which asks the :class:`Oracle` for the ground truth of
 that image once and records the newly revealed pixels. Budgets are counted in *distinct*
 revealed pixels: squares clipped at the border or overlapping earlier picks are charged only
 for the pixels that were not labelled before; void (ignore) pixels are counted separately.
 
-Storage (DESIGN §10: at most 1.1 bit per target pixel plus O(labelled)):
+Storage (target, docs/architecture.md §5: at most 1.1 bit per target pixel plus O(labelled)):
 
 * per image, a bit-packed labelled mask (``np.packbits``, 1 bit per pixel; void pixels that
   were revealed are set too, so the annotator is not asked again);
@@ -181,7 +181,7 @@ def _centre_flat(centres: np.ndarray, shape: tuple[int, int], side: int) -> np.n
 
 
 #: Annotation unit -> the pixels a pick reveals. A new unit (e.g. the multi-class label
-#: query of DESIGN §6) registers its own pixel rule here.
+#: query, issue 12) registers its own pixel rule here.
 _UNIT_PIXELS: dict[str, Callable[[np.ndarray, tuple[int, int], int], np.ndarray]] = {
     "region": _square_flat,
     "pixel": _centre_flat,

@@ -1,4 +1,4 @@
-"""One multi-round active-learning run (DESIGN §3). This module knows nothing of Ray.
+"""One multi-round active-learning run (docs/architecture.md §2). This module knows nothing of Ray.
 
     source pre-train (cached) → round 0 eval
     for r in 1..R: score → select within budget → reveal → train → eval → row + checkpoint

@@ -80,26 +80,19 @@ def _uniform_probs(classes: int, height: int, width: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- public constants
 
 
-def test_strategy_names_are_the_contract():
-    assert STRATEGIES == (
-        "random",
-        "entropy",
-        "sconf",
-        "margin",
-        "ripu",
-        "halo",
-        "halo_radius",
-        "boundaries",
-        "radius",
-        "radius_inv",
-    )
-    assert set(HYPERBOLIC_STRATEGIES) == {
-        "halo",
-        "halo_radius",
-        "boundaries",
-        "radius",
-        "radius_inv",
-    }
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_scores_and_exactly_the_radius_ones_need_embeddings(strategy):
+    """Each listed name is a working strategy; the hyperbolic list is exactly those that read z."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(5, 12, 16, generator=g).softmax(dim=0)
+    emb = torch.rand(4, 12, 16, generator=g) * 0.1
+    score = score_map(strategy, probs, emb, generator=torch.Generator().manual_seed(1))
+    assert score.shape == (12, 16) and torch.isfinite(score).all()
+    if strategy in HYPERBOLIC_STRATEGIES:
+        with pytest.raises(ValueError, match="embeddings"):
+            score_map(strategy, probs, None)
+    else:
+        torch.testing.assert_close(score_map(strategy, probs, None, generator=torch.Generator().manual_seed(1)), score)
 
 
 # ----------------------------------------------------------------------------- validation

@@ -9,7 +9,6 @@ import torch
 
 from halo_ray.hyperbolic import proj_eps
 from halo_ray.models import (
-    BACKBONES,
     GEOMETRIES,
     EuclideanHead,
     HyperbolicHead,
@@ -176,9 +175,11 @@ def test_spec_records_arguments_and_rebuilds_the_same_architecture():
     rebuilt.load_state_dict(model.state_dict())  # same keys and shapes
 
 
-def test_registry_names():
-    assert "tiny" in BACKBONES
-    assert GEOMETRIES == ("hyperbolic", "euclidean")
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_every_geometry_builds_its_head(geometry):
+    model = _build(geometry=geometry, backbone="tiny")
+    assert model.geometry == geometry and model.head.geometry == geometry
+    assert (model.curvature is None) == (geometry == "euclidean")
 
 
 def test_unknown_backbone_raises_listing_known_ones():

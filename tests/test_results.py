@@ -32,17 +32,6 @@ def _row(trial: str, round_index: int, miou: float, radius=None) -> dict:
     return row
 
 
-def test_required_design_columns_present():
-    required = (
-        "search trial_id seed experiment source target strategy unit budget rounds round labelled_pct "
-        "labelled_pixels curvature bins region_size suppression hfr geometry embed_dim backbone miou "
-        "pixel_acc radius_mean radius_acc_spearman wall_s halo_ray_version config_json"
-    ).split()
-    assert set(required) <= set(RESULT_COLUMNS)
-    assert "iou_traffic_light" in RESULT_COLUMNS and len(IOU_COLUMNS) == 19
-    assert "radius_traffic_light" in RESULT_COLUMNS and len(RADIUS_COLUMNS) == 19
-
-
 def test_rows_round_trip_and_repeated_round_replaces(tmp_path):
     # an all-null column in one file must not break reading the dataset
     write_round_row(tmp_path, _row("a", 0, 10.0, radius=None))

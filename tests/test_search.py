@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One real local Ray per test session (RAY_NOTES: short temp dir, no dashboard)."""
+    """One real local Ray per test session (a short temp dir for its unix sockets, no dashboard)."""
     import ray
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"

@@ -44,7 +44,7 @@ def box_mean(x: torch.Tensor, side: int) -> torch.Tensor:
     """Mean of ``x`` over the ``side x side`` window around each pixel, zero padded.
 
     The divisor is always ``side²`` (outside pixels count as zeros), the convention of
-    DESIGN §4, so border pixels are damped instead of re-weighted.
+    docs/acquisition.md, so border pixels are damped instead of re-weighted.
     """
     if side == 1:
         return x.clone()

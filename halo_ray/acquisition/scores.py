@@ -3,7 +3,7 @@
 ``score_map(strategy, probs, embeddings, ...)`` turns the model's softmax ``probs [C, H, W]``
 (and, for the hyperbolic strategies, its Poincaré-ball embeddings ``[D, H, W]``) into a
 float32 ``[H, W]`` map; higher means "label this pixel/region first". The formulas are the
-contract of DESIGN §4 and are tabulated, with every difference of the ``reference=True``
+contract of docs/acquisition.md and are tabulated there, with every difference of the ``reference=True``
 compatibility setting, in ``docs/acquisition.md``.
 
 Notation: ``e = -sum_c p_c ln p_c / ln C`` (pixel entropy in [0, 1]), ``R = d_c(0, z)`` the

@@ -3,7 +3,7 @@
 Each trial reserves a placement group: bundle 0 holds the trial's own process (the run
 loop) and the label pool actor, bundle 1 the learner actor with the trial's GPU when it
 has one, and bundles 2… one scorer actor each when scoring fans out. Every actor is pinned
-to its bundle: without pinning some layouts hang silently (RAY_NOTES).
+to its bundle: without pinning some layouts hang silently (docs/architecture.md §3).
 """
 
 from __future__ import annotations

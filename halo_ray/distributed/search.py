@@ -42,7 +42,7 @@ STATE_FILE = "state.pt"
 
 
 def _absolute(cfg_values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Paths made absolute against the launching directory: trials run elsewhere (RAY_NOTES)."""
+    """Paths made absolute against the launching directory: trials run elsewhere (docs/architecture.md §3)."""
     out = dict(cfg_values)
     for key in keys:
         if out.get(key):

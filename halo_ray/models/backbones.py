@@ -121,7 +121,7 @@ class TinyDeepLab(FeatureExtractor):
     * decoder: ASPP output upsampled to stride 4, concatenated with 1×1-projected low-level
       features, fused by two 3×3 conv-BN-ReLU layers → ``out_channels`` at stride 4.
 
-    Sized after the prototype in DESIGN §9 (a ~215 k-parameter stride-8 CNN with small ASPP
+    Sized after a prototype of the embedded benchmark (a ~215 k-parameter stride-8 CNN with small ASPP
     and stride-4 decoder, ~0.17 s per batch-8 step at 256×128 on 2 cores).
     """
 

@@ -1,6 +1,6 @@
 """DeepLab-v2 and DeepLab-v3+ feature extractors on a ResNet encoder (the paper-scale backbones).
 
-Both end in a *feature map*, not in class logits: our heads (DESIGN §5) do the 1×1 reduction
+Both end in a *feature map*, not in class logits: our heads (``heads.py``) do the 1×1 reduction
 to ``embed_dim`` and classify from the embeddings, for the Euclidean and hyperbolic geometry
 alike.
 

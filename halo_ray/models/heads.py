@@ -1,7 +1,7 @@
 """Segmentation heads: decoder features -> (logits, embeddings), Euclidean or hyperbolic.
 
 Both heads start with the same 1×1 reduction to ``embed_dim`` so the geometry ablation
-changes only what follows it (DESIGN §5):
+changes only what follows it:
 
 * :class:`HyperbolicHead`: reduce → HFR (optional) → ``expmap0`` → hyperbolic MLR; the
   embeddings are points of the Poincaré ball of curvature ``c``;
