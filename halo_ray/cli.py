@@ -98,7 +98,6 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from halo_ray.config import parse_overrides
     from halo_ray.distributed.space import load_search_space
-
     from halo_ray.rundir import check_not_under_a_file
 
     space = load_search_space(args.space, parse_overrides(args.set))
@@ -127,7 +126,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from halo_ray.results import locate_results, write_report
-
     from halo_ray.rundir import check_not_under_a_file
 
     results, root = locate_results(args.results)

@@ -24,6 +24,7 @@ from halo_ray.acquisition import score_map
 from halo_ray.config import HYPERBOLIC_STRATEGIES, ExperimentConfig
 from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
+from halo_ray.data.layouts import resolve_layout_root
 from halo_ray.hyperbolic import radius_map
 from halo_ray.training import (
     DEFAULT_CACHE_BYTES,
@@ -90,6 +91,10 @@ def prepare_data(
     Sets estimated under ``cache_bytes`` keep what they decode (the embedded benchmark).
     """
     ensure_data(cfg, log)
+    for layout, root in ((cfg.source, cfg.source_path), (cfg.target, cfg.target_path)):
+        _, note = resolve_layout_root(root, layout)
+        if note:
+            log(f"{layout}: {note}")
 
     def lazy(which: str, size: tuple[int, int] | None, key: str) -> ImageSet:
         return ImageSet(

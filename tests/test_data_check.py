@@ -357,3 +357,28 @@ def test_bad_arguments(tmp_path, kwargs, match):
         d.mkdir(parents=True)
     with pytest.raises(ValueError, match=match):
         check_dataset(tmp_path, **kwargs)
+
+
+def test_an_archive_s_own_top_folder_is_read_through_and_named(tmp_path, capsys):
+    """SYNTHIA unpacks to RAND_CITYSCAPES/: given the folder around it, check and reader use it."""
+    from halo_ray.cli import main
+    from halo_ray.data import open_dataset
+
+    inner = tmp_path / "RAND_CITYSCAPES"
+    ids = np.repeat(np.array([3, 1, 21, 0]), [25, 10, 5, 20]).reshape(H, W)
+    for i in range(2):
+        img, lbl = synthia_files(inner, i)
+        _save(img, _rgb(seed=i))
+        write_png(lbl, _synthia_label(np.roll(ids, i)))
+    report = check_dataset(tmp_path, "synthia", workers=1)
+    assert report.ok and report.n_images == 2 and report.root == str(inner)
+    assert report.note == f"read {inner}: the folder inside {tmp_path} that holds the synthia layout"
+    assert report.summary().splitlines()[0] == report.note
+    assert len(open_dataset("synthia", tmp_path)) == 2
+    assert main(["data", "check", str(tmp_path), "--layout", "synthia", "--workers", "1"]) == 0
+    assert f"read {inner}" in capsys.readouterr().out
+    (tmp_path / "copy").mkdir()  # two candidates: nothing is guessed
+    for sub in ("RGB", "GT/LABELS"):
+        (tmp_path / "copy" / sub).mkdir(parents=True)
+    with pytest.raises(DatasetError, match="does not hold the synthia layout"):
+        check_dataset(tmp_path, "synthia", workers=1)

@@ -56,10 +56,12 @@ from halo_ray.data.layouts import (
     _CS_LABEL_SUFFIX,
     _READ_ERRORS,
     ACDC_CONDITIONS,
+    LAYOUT_FOLDERS,
     SPLITS,
     DatasetError,
     _read_label_ids,
     read_synthia_ids,
+    resolve_layout_root,
 )
 from halo_ray.data.png16 import PNG_SIGNATURE, PngError, check_png_structure, read_png_header
 from halo_ray.data.synthia import NUM_SYNTHIA_IDS, SYNTHIA_ID_TO_TRAIN_ID
@@ -96,6 +98,7 @@ class CheckReport:
 
     root: str  # the folder that was checked
     layout: str  # "gtav" | "synthia" | "cityscapes" | "acdc"
+    note: str | None = None  # which folder was read, when the given root wrapped the layout
     errors: list[str] = field(default_factory=list)  # one message per problem, naming the file
     warnings: list[str] = field(default_factory=list)  # problems the readers work around
     n_images: int = 0  # image files found
@@ -128,6 +131,8 @@ class CheckReport:
             f"{self.layout} dataset at {self.root}: {self.n_images} images, {self.n_labels} "
             f"label files, {len(self.errors)} errors, {len(self.warnings)} warnings",
         ]
+        if self.note:
+            lines.insert(0, self.note)
         error_kinds = {e.split(": ", 1)[0] for e in self.errors}
         for title, want_error in (("errors", True), ("warnings", False)):
             kinds = [k for k in self.problems if (k in error_kinds) == want_error]
@@ -207,12 +212,7 @@ def _expected(layout: str, root: Path) -> str:
     }[layout]
 
 
-_TOP_FOLDERS = {
-    "gtav": ("images", "labels"),
-    "synthia": ("RGB", "GT/LABELS"),
-    "cityscapes": ("leftImg8bit", "gtFine"),
-    "acdc": ("rgb_anon", "gt"),
-}
+_TOP_FOLDERS = LAYOUT_FOLDERS
 
 
 def _check_split(split: Any, layout: str) -> tuple[str, ...] | None:
@@ -555,8 +555,8 @@ def check_dataset(
         raise ValueError("void_ids apply to labelId layouts (gtav, cityscapes, acdc), not to synthia")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be None or a callable (done, total), but got {progress!r}")
-    root = Path(root)
-    report = CheckReport(root=str(root), layout=key)
+    root, note = resolve_layout_root(root, key)
+    report = CheckReport(root=str(root), layout=key, note=note)
     items = _pair(_groups(key, root, splits, conditions, report), key, report, extra_void)
     total = len(items)
     for done, (issues, classes) in enumerate(_results(items, n_workers, verify_images), start=1):

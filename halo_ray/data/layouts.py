@@ -566,6 +566,33 @@ LAYOUTS: dict[str, type[SegmentationDataset]] = {
 }
 
 
+#: The folders a layout's root holds: the top level of each official download.
+LAYOUT_FOLDERS: dict[str, tuple[str, ...]] = {
+    "gtav": ("images", "labels"),
+    "synthia": ("RGB", "GT/LABELS"),
+    "cityscapes": ("leftImg8bit", "gtFine"),
+    "acdc": ("rgb_anon", "gt"),
+}
+
+
+def resolve_layout_root(root: str | Path, layout: str) -> tuple[Path, str | None]:
+    """The folder that holds ``layout``'s folders, and a note when it is not ``root`` itself.
+
+    ``root`` itself when it holds any of them; otherwise its one subfolder that holds all of
+    them — an archive's own top folder, as users unpack downloads (SYNTHIA's
+    ``RAND_CITYSCAPES/``, a ``cityscapes/`` folder around ``leftImg8bit/`` and ``gtFine/``).
+    The note says which folder was read; anything else is left to the reader's own errors.
+    """
+    root = Path(root)
+    wanted = LAYOUT_FOLDERS[layout]
+    if not root.is_dir() or any((root / f).is_dir() for f in wanted):
+        return root, None
+    inside = sorted(d for d in root.iterdir() if d.is_dir() and all((d / f).is_dir() for f in wanted))
+    if len(inside) != 1:
+        return root, None
+    return inside[0], f"read {inside[0]}: the folder inside {root} that holds the {layout} layout"
+
+
 def open_dataset(
     layout: str, root: str | Path, split: str | None = None, **kwargs: Any
 ) -> SegmentationDataset:
@@ -578,6 +605,7 @@ def open_dataset(
     key = layout.lower() if isinstance(layout, str) else layout
     if key not in LAYOUTS:
         raise ValueError(f"layout must be one of {tuple(LAYOUTS)}, but got layout={layout!r}")
+    root, _ = resolve_layout_root(root, key)  # an archive's top folder is read through
     if key in ("gtav", "synthia"):
         if split not in (None, "all"):
             raise ValueError(
