@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 #: (another node, more cores), and two trials that differ only in them are the same experiment.
 #: Decoding and prefetching never change a number; another device or thread count may change
 #: floating-point rounding (as it does between two machines).
-RUNTIME_KEYS: frozenset[str] = frozenset({"device", "num_threads", "decode_workers", "prefetch", "deterministic"})
+RUNTIME_KEYS: frozenset[str] = frozenset(
+    {"device", "num_threads", "decode_workers", "prefetch", "deterministic", "keep_checkpoints"}
+)
 
 
 #: Keys where the released HALO code's arithmetic differs from our defaults: key -> (our
@@ -133,6 +135,7 @@ class ExperimentConfig:
     decode_workers: int = 4  # threads decoding and resizing one batch's images (PIL releases the GIL)
     prefetch: bool = True  # decode the next step's images while this step trains (same results)
     deterministic: bool = False  # deterministic CUDA kernels: runs and resumes repeat bit for bit on a GPU too
+    keep_checkpoints: int = 1  # round checkpoints kept (the latest ones; a resume needs only the last)
     source_cache: str = "runs/cache"  # where source pre-trained checkpoints are shared
     log_every: int = 25  # progress line / loss scalar every N steps
     log_images: int = 2  # target images whose radius/selection maps go to TensorBoard
@@ -418,6 +421,11 @@ def _validate(cfg: ExperimentConfig) -> None:
             f"source_select='best' validates the source phase every eval_every steps and starts adaptation from "
             f"its best model: it needs eval_every >= 1 and loop adapt or retrain (continuous runs one schedule), "
             f"but got eval_every={cfg.eval_every}, loop={cfg.loop!r}"
+        )
+    if cfg.keep_checkpoints < 1:
+        raise ConfigError(
+            f"keep_checkpoints must be an integer >= 1 (round checkpoints kept; a resume needs the last), "
+            f"but got keep_checkpoints={cfg.keep_checkpoints}"
         )
     if cfg.decode_workers < 1:
         raise ConfigError(f"decode_workers must be >= 1, but got decode_workers={cfg.decode_workers}")

@@ -219,8 +219,12 @@ class ActiveLearningRun:
         scorer: Scorer | None = None,
         results_dir: Path | None = None,
         tensorboard_dir: Path | None = None,
+        own_checkpoints: bool = True,
     ):
         self.cfg = cfg
+        #: whether the run writes its round checkpoints itself (``checkpoints/round_NNN.pt``);
+        #: a search trial does not: the checkpoint it reports to Tune is its one copy
+        self.own_checkpoints = own_checkpoints
         self.out_dir = Path(out_dir)
         self.search = search
         self.trial_id = trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}"
@@ -532,7 +536,16 @@ class ActiveLearningRun:
             f"round {self.round}/{self.cfg.rounds} done: mIoU {ev.miou:.2f} | pixel acc {ev.pixel_acc:.2f} | "
             f"labelled {row['labelled_pct']:.3f}% | wall {self.wall_s:.1f}s"
         )
-        save_checkpoint(checkpoint_path(self.out_dir, self.round), self.checkpoint_state())
+        if self.own_checkpoints:
+            save_checkpoint(checkpoint_path(self.out_dir, self.round), self.checkpoint_state())
+            self.checkpoint_written()
+
+    def checkpoint_written(self) -> None:
+        """The latest round's checkpoint is safe (on disk, or reported to Tune): prune round
+        checkpoints beyond ``keep_checkpoints`` and best-model files the record no longer names."""
+        rounds = sorted((self.out_dir / "checkpoints").glob("round_*.pt"))
+        for path in rounds[: max(0, len(rounds) - self.cfg.keep_checkpoints)]:
+            path.unlink(missing_ok=True)
         self._prune_best_checkpoints()
 
     def _row(self, ev: Evaluation) -> dict:

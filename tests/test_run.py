@@ -226,3 +226,14 @@ def test_a_reference_run_trains_the_released_head_and_selects_on_float64_maps(ti
     picks = picks_per_round(64, 128, budget_pct=cfg.budget, rounds=cfg.rounds, region_size=3, unit="region", reference=True)
     state = load_checkpoint(latest_checkpoint(out))
     assert (pd.DataFrame(_ledger(state, cfg))["picks"] == picks).all()
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_a_run_keeps_its_last_round_checkpoints_only(tiny_config_values, tmp_path, keep):
+    """keep_checkpoints bounds the disk a run holds; a resume needs only the last one."""
+    out = tmp_path / "run"
+    run_experiment(build_config({**tiny_config_values, "keep_checkpoints": keep}), out, log=_quiet, tensorboard=False)
+    kept = sorted(p.name for p in (out / "checkpoints").glob("round_*.pt"))
+    assert kept == [f"round_{r:03d}.pt" for r in range(4 - keep, 4)]
+    with pytest.raises(ConfigError, match="keep_checkpoints must be an integer >= 1"):
+        build_config({**tiny_config_values, "keep_checkpoints": 0})

@@ -69,6 +69,14 @@ def test_search_runs_whole_trials_with_one_row_per_round(ray_session, tmp_path, 
     assert round(frame.loc[frame["round"] == 0, "miou"].nunique()) == 1
     events = {p.parent.name for p in (storage / "tiny" / "tensorboard").rglob("events.out.tfevents.*")}
     assert events == set(frame["trial_id"])
+    # one copy of each trial's state: the checkpoint Tune keeps (the last round's), none of its own
+    from halo_ray.distributed.search import trial_checkpoint
+    from halo_ray.run import load_checkpoint
+
+    for trial in frame["trial_id"].unique():
+        assert not list((storage / "tiny" / "trials" / trial).rglob("round_*.pt"))
+        assert len(list((storage / "tiny").glob(f"tune*/run_trial_{trial}_*/checkpoint_*"))) == 1
+        assert load_checkpoint(trial_checkpoint(storage / "tiny", trial))["round"] == 2
 
     # the HParams dashboard lines up every trial of the search
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -163,11 +171,12 @@ def _processes_titled(prefix: str) -> list[int]:
 
 
 def _final_state(storage: Path, search: str) -> tuple[pd.DataFrame, dict]:
-    from halo_ray.run import latest_checkpoint, load_checkpoint
+    from halo_ray.distributed.search import trial_checkpoint
+    from halo_ray.run import load_checkpoint
 
     frame = pd.read_parquet(storage / search / "results").sort_values("round").reset_index(drop=True)
     (trial,) = frame["trial_id"].unique()
-    state = load_checkpoint(latest_checkpoint(storage / search / "trials" / trial))
+    state = load_checkpoint(trial_checkpoint(storage / search, trial))
     return frame, state
 
 

@@ -94,7 +94,7 @@ def run_trial(config: dict[str, Any]) -> None:
         run = ActiveLearningRun(
             cfg, paths.trials / trial_id, search=meta["name"], trial_id=trial_id, log=log,
             learner=actors.learner, pool=actors.pool, scorer=actors.scorer,
-            results_dir=paths.results, tensorboard_dir=paths.tensorboard,
+            results_dir=paths.results, tensorboard_dir=paths.tensorboard, own_checkpoints=False,
         )
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
@@ -116,6 +116,18 @@ def _report(run: ActiveLearningRun) -> None:
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(Path(folder) / STATE_FILE, run.checkpoint_state())
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+    run.checkpoint_written()  # Tune holds it now: best-model files the record left behind can go
+
+
+def trial_checkpoint(search_root: str | Path, trial_id: str) -> Path | None:
+    """The state file of a search trial's latest checkpoint, or None.
+
+    A trial keeps no round checkpoints of its own: the one it reports to Tune each round is
+    its checkpoint (``<search>/tune*/run_trial_<id>_*/checkpoint_NNNNNN/state.pt``, the last
+    ``keep_checkpoints`` of them), loadable with :func:`halo_ray.run.load_checkpoint`.
+    """
+    found = sorted(Path(search_root).glob(f"tune*/run_trial_{trial_id}_*/checkpoint_*/{STATE_FILE}"))
+    return found[-1] if found else None
 
 
 def _plain(value: Any) -> Any:
@@ -193,6 +205,8 @@ def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, na
         run_config=tune.RunConfig(
             name=name, storage_path=str(paths.root),
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
+            # the trial's checkpoint is the run's one copy; older rounds are not needed to resume
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=space.base_config().keep_checkpoints),
             callbacks=[ProgressView(space.total_trials(), space.base_config().rounds, space.metric, space.mode)],
             verbose=0,
         ),
@@ -270,5 +284,5 @@ def run_search(
     return paths.results
 
 
-__all__ = ["ProgressView", "SearchPaths", "run_search", "run_trial"]
+__all__ = ["ProgressView", "SearchPaths", "run_search", "run_trial", "trial_checkpoint"]
 
