@@ -170,6 +170,33 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from halo_ray.config import load_config_with_origins, show_config
+
+    cfg, origins = load_config_with_origins(args.experiment, args.set)
+    print(f"# {args.experiment}" + "".join(f" --set {p}" for p in args.set) + ", resolved; each value's origin after #")
+    print(show_config(cfg, origins), end="")
+    return EXIT_OK
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from halo_ray.config import config_json_schema
+    from halo_ray.results import atomic_write_bytes
+    from halo_ray.rundir import check_not_under_a_file
+
+    text = json.dumps(config_json_schema(), indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return EXIT_OK
+    out = Path(args.out)
+    check_not_under_a_file(out.parent, "--out")
+    atomic_write_bytes(out, lambda tmp: tmp.write_text(text))
+    print(f"wrote the JSON Schema of experiment files to {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="halo-ray",
@@ -217,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", help="strategy the others are compared with, paired by seed (default: random if present)"
     )
     analyze.set_defaults(func=cmd_analyze)
+
+    config = sub.add_parser("config", help="experiment files: the resolved config with origins, a JSON Schema")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config and where each value came from")
+    show.add_argument("experiment", help="experiment YAML")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    show.set_defaults(func=cmd_config_show)
+    schema = config_sub.add_parser("schema", help="write a JSON Schema of experiment files (editors validate and complete)")
+    schema.add_argument("--out", help="file to write (default: print)")
+    schema.set_defaults(func=cmd_config_schema)
 
     data = sub.add_parser("data", help="datasets: generate the embedded benchmark, check a dataset")
     data_sub = data.add_subparsers(dest="data_command", required=True)

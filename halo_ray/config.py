@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -29,13 +30,34 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be turned into a valid config."""
 
 
-#: Keys that say how a run is executed, not what it computes: a resumed run may change them
-#: (another node, more cores), and two trials that differ only in them are the same experiment.
-#: Decoding and prefetching never change a number; another device or thread count may change
-#: floating-point rounding (as it does between two machines).
-RUNTIME_KEYS: frozenset[str] = frozenset(
-    {"device", "num_threads", "decode_workers", "prefetch", "deterministic", "keep_checkpoints"}
-)
+KEY_GROUPS: tuple[str, ...] = ("identity", "data", "model", "acquisition", "training", "runtime")
+"""The groups of config keys, in the order experiment files and ``config show`` list them."""
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What a config key is and what it shapes; every field of :class:`ExperimentConfig` has one.
+
+    The hashes, checks and records that depend on keys are derived from this, so a new key
+    is classified once, where it is declared (a test fails for a key without it).
+    """
+
+    group: str  # one of KEY_GROUPS
+    doc: str  # one line: what the key means (config show, the JSON schema)
+    source: Literal["always", "if_set", "schedule", "special"] | None = None  # shapes the source model:
+    # hashed into source_key always, only away from its default (keys added after caches existed),
+    # through the continuous loop's schedule length, or by a rule of its own (local_consistency;
+    # reference, through the keys it resolves)
+    validation: bool = False  # shapes a source-phase validation record (validation_key)
+    column: bool = False  # a Parquet column of its own (the rest is in config_json)
+    hparam: bool = False  # recorded in TensorBoard's HParams
+    runtime: bool = False  # says how, not what: a resume may change it, run ids ignore it
+
+
+def key(default: Any, group: str, doc: str, **roles: Any) -> Any:
+    """A config field: its default and its :class:`KeyInfo` (``roles``: source, validation,
+    column, hparam, runtime)."""
+    return dataclasses.field(default=default, metadata={"key": KeyInfo(group, doc, **roles)})
 
 
 #: Keys where the released HALO code's arithmetic differs from our defaults: key -> (our
@@ -54,91 +76,91 @@ class ExperimentConfig:
     """Everything that defines one multi-round active-learning run."""
 
     # --- identity -------------------------------------------------------------
-    experiment: str = "synthetic"  # name of the experiment; a Parquet column
-    seed: int = 0  # seeds model init, sampling and random selection
+    experiment: str = key("synthetic", "identity", "name of the experiment; a Parquet column", column=True)
+    seed: int = key(0, "identity", "seeds model init, sampling and random selection", source="always", column=True, hparam=True)
 
     # --- data -------------------------------------------------------------------
-    data_root: str = "data/synthetic"  # folder holding <source>/ and <target>/ layouts
-    source: Literal["gtav", "synthia", "cityscapes"] = "gtav"  # source layout under data_root (synthia: 16 classes)
-    target: Literal["cityscapes", "acdc"] = "cityscapes"  # target layout under data_root
-    source_root: str | None = None  # overrides <data_root>/<source> (real datasets)
-    target_root: str | None = None  # overrides <data_root>/<target>
-    target_conditions: tuple[str, ...] = ("fog", "night", "rain")  # ACDC conditions
-    void_label_ids: tuple[int, ...] = ()  # extra labelId-file values that mean void (not 0..33, e.g. [255]); default none
-    generate_data: bool = True  # write the embedded benchmark into data_root if it is missing
-    data_seed: int = 0  # seed of the embedded benchmark generator
-    source_size: tuple[int, ...] | None = None  # [W, H] network input for source images; null = native (papers: 1280x720)
-    target_size: tuple[int, ...] | None = None  # [W, H] network input for target images; null = native (papers: 1280x640)
+    data_root: str = key("data/synthetic", "data", "folder holding <source>/ and <target>/ layouts", source="always", validation=True)
+    source: Literal["gtav", "synthia", "cityscapes"] = key("gtav", "data", "source layout under data_root (synthia: 16 classes)", source="always", column=True)
+    target: Literal["cityscapes", "acdc"] = key("cityscapes", "data", "target layout under data_root", validation=True, column=True)
+    source_root: str | None = key(None, "data", "overrides <data_root>/<source> (real datasets)", source="always")
+    target_root: str | None = key(None, "data", "overrides <data_root>/<target>", validation=True)
+    target_conditions: tuple[str, ...] = key(("fog", "night", "rain"), "data", "ACDC conditions", validation=True)
+    void_label_ids: tuple[int, ...] = key((), "data", "extra labelId-file values that mean void (not 0..33, e.g. [255]); default none", source="if_set", validation=True)
+    generate_data: bool = key(True, "data", "write the embedded benchmark into data_root if it is missing")
+    data_seed: int = key(0, "data", "seed of the embedded benchmark generator", source="always", validation=True)
+    source_size: tuple[int, ...] | None = key(None, "data", "[W, H] network input for source images; null = native (papers: 1280x720)", source="if_set")
+    target_size: tuple[int, ...] | None = key(None, "data", "[W, H] network input for target images; null = native (papers: 1280x640)", validation=True)
 
     # --- model ------------------------------------------------------------------
-    backbone: str = "tiny"  # one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0..mit_b5
-    pretrained: str | None = None  # local file of ImageNet weights for the backbone's encoder (never downloaded)
-    freeze_bn: bool = False  # keep every BatchNorm at its (pretrained) statistics, affine parameters frozen
-    geometry: Literal["hyperbolic", "euclidean"] = "hyperbolic"  # head type
-    embed_dim: int = 64  # pixel embedding dimension D
-    curvature: float = 1.0  # Poincaré ball curvature c > 0 (initial value if learnable)
-    learnable_curvature: bool = False  # train c jointly with the network
-    hfr: bool = True  # hyperbolic feature reweighting before expmap0
+    backbone: str = key("tiny", "model", "one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0..mit_b5", source="always", column=True, hparam=True)
+    pretrained: str | None = key(None, "model", "local file of ImageNet weights for the backbone's encoder (never downloaded)", source="always")
+    freeze_bn: bool = key(False, "model", "keep every BatchNorm at its (pretrained) statistics, affine parameters frozen", source="always")
+    geometry: Literal["hyperbolic", "euclidean"] = key("hyperbolic", "model", "head type", source="always", column=True, hparam=True)
+    embed_dim: int = key(64, "model", "pixel embedding dimension D", source="always", column=True, hparam=True)
+    curvature: float = key(1.0, "model", "Poincaré ball curvature c > 0 (initial value if learnable)", source="always", column=True, hparam=True)
+    learnable_curvature: bool = key(False, "model", "train c jointly with the network", source="always", hparam=True)
+    hfr: bool = key(True, "model", "hyperbolic feature reweighting before expmap0", source="always", column=True, hparam=True)
     # The next five keys are where the released HALO code's arithmetic differs from our defaults
     # (README "Our defaults and the released code"); null = the released value under reference: true,
     # ours otherwise, and an explicit value wins either way (ablations).
-    hfr_norm: Literal["rms", "l2"] | None = None  # HFR spatial normalisation: rms (ours), l2 (released)
-    hfr_positivity: Literal["softplus", "clamp"] | None = None  # HFR weights: softplus (ours), clamp at 1e-5 (released)
-    head_dtype: Literal["float32", "float64"] | None = None  # expmap0, MLR and radius: float32 (ours), float64 (released)
-    mlr: Literal["ball", "released"] | None = None  # MLR offsets kept in the ball (ours), HALO's HyperMLR (released)
-    align_corners: bool | None = None  # bilinear upsampling of logits/embeddings: false (ours), true (released)
+    hfr_norm: Literal["rms", "l2"] | None = key(None, "model", "HFR spatial normalisation: rms (ours), l2 (released)", source="always", hparam=True)
+    hfr_positivity: Literal["softplus", "clamp"] | None = key(None, "model", "HFR weights: softplus (ours), clamp at 1e-5 (released)", source="if_set", hparam=True)
+    head_dtype: Literal["float32", "float64"] | None = key(None, "model", "expmap0, MLR and radius: float32 (ours), float64 (released)", source="if_set", hparam=True)
+    mlr: Literal["ball", "released"] | None = key(None, "model", "MLR offsets kept in the ball (ours), HALO's HyperMLR (released)", source="if_set", hparam=True)
+    align_corners: bool | None = key(None, "model", "bilinear upsampling of logits/embeddings: false (ours), true (released)", source="if_set", hparam=True)
 
     # --- acquisition ------------------------------------------------------------
-    strategy: str = "halo"  # one of STRATEGIES
-    unit: Literal["region", "pixel"] = "region"  # RA labels squares, PA only centres
-    budget: float = 5.0  # total labelled share of target pixels, in percent (0, 100]
-    rounds: int = 5  # selection rounds R; 0 = source-only (or, with the target as source, fully supervised)
-    region_size: int = 3  # odd side of a labelled square (2k+1)
-    suppression: int | None = None  # odd side of the suppression window; None = strategy default
-    bins: int = 100  # radius quantisation levels K of the HALO boundary score (reference K)
-    boundary_window: int = 3  # odd side of the HALO boundary (impurity) window
-    reference: bool = False  # the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above
+    strategy: str = key("halo", "acquisition", "one of STRATEGIES", column=True, hparam=True)
+    unit: Literal["region", "pixel"] = key("region", "acquisition", "RA labels squares, PA only centres", column=True, hparam=True)
+    budget: float = key(5.0, "acquisition", "total labelled share of target pixels, in percent (0, 100]", column=True, hparam=True)
+    rounds: int = key(5, "acquisition", "selection rounds R; 0 = source-only (or, with the target as source, fully supervised)", column=True, hparam=True, source="schedule")
+    region_size: int = key(3, "acquisition", "odd side of a labelled square (2k+1)", column=True, hparam=True)
+    suppression: int | None = key(None, "acquisition", "odd side of the suppression window; None = strategy default", column=True, hparam=True)
+    bins: int = key(100, "acquisition", "radius quantisation levels K of the HALO boundary score (reference K)", column=True, hparam=True)
+    boundary_window: int = key(3, "acquisition", "odd side of the HALO boundary (impurity) window", hparam=True)
+    reference: bool = key(False, "acquisition", "the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above", column=True, hparam=True, source="special")
 
     # --- training ---------------------------------------------------------------
-    loop: Literal["continuous", "adapt", "retrain"] = "continuous"  # docs/architecture.md §2 (adapt: HALO's)
-    source_steps: int = 600  # source-only pre-training steps (cached by config hash)
-    round_steps: int = 100  # training steps after each selection round (rounds × round_steps in all)
-    select_steps: tuple[int, ...] | None = None  # adaptation steps where rounds select (first 0); null = every round_steps
-    batch_size: int = 8  # source images per step (and labelled target images per step)
-    lr: float = 0.01  # base learning rate (poly decay)
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum (DeepLab runs) or AdamW (SegFormer runs)
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5.0e-4
-    poly_power: float = 0.9  # exponent of the poly learning-rate schedule
-    poly_horizon: int | None = None  # steps over which poly decays; null = the schedule's length (RIPU: 62500, stopped at 40000)
-    warmup_steps: int = 0  # linear warm-up of the learning rate over the schedule's first steps
-    warmup_start: float = 0.01  # warm-up starts at this fraction of the scheduled rate
-    head_lr_mult: float = 1.0  # rate multiplier of everything outside the pretrained encoder (decoder, head)
-    grad_accum: int = 1  # micro-batches per optimizer step (a paper batch on a smaller GPU); divides batch_size
-    amp: bool = False  # bfloat16 autocast for training and inference; CUDA only
-    target_loss_weight: float = 1.0  # weight of the labelled-target cross-entropy
-    source_weight: float = 1.0  # weight of the source losses in the rounds; 0 = source-free adaptation
-    negative_learning: bool = False  # RIPU's negative-learning loss (eq. 11, weight 1) on the target batch's pixels
-    target_sampling: Literal["labelled", "all"] = "labelled"  # target batch: images with labels, or all (RIPU/HALO code)
-    local_consistency: float = 0.0  # weight of RIPU's local-consistency loss (eq. 9) on source boundary pixels; RIPU: 0.1
-    train_flip: bool = True  # random horizontal flips of training images (RIPU/HALO use none)
-    class_balanced_source: bool = False  # RIPU's class-balanced source sampling (rare classes drawn more)
-    eval_batch_size: int = 16
-    eval_flip: bool = False  # evaluate on the mean softmax of each image and its mirror (RIPU/HALO code)
-    eval_every: int = 0  # also validate inside rounds after every N-th global step (HALO: 500); 0 = round ends only
-    keep_best: bool = False  # save the weights of the best validation (best_miou / best_step columns always)
-    source_select: Literal["last", "best"] = "last"  # adapt from the source phase's last model, or its best validation (HALO)
+    loop: Literal["continuous", "adapt", "retrain"] = key("continuous", "training", "continuous: one schedule over source phase and rounds (RIPU); adapt: a new schedule from the source model (HALO); retrain: each round from the source model (docs/architecture.md §2)", column=True, hparam=True, source="schedule")
+    source_steps: int = key(600, "training", "source-only pre-training steps (cached by config hash)", source="always")
+    round_steps: int = key(100, "training", "training steps after each selection round (rounds × round_steps in all)", source="schedule")
+    select_steps: tuple[int, ...] | None = key(None, "training", "adaptation steps where rounds select (first 0); null = every round_steps")
+    batch_size: int = key(8, "training", "source images per step (and labelled target images per step)", source="always")
+    lr: float = key(0.01, "training", "base learning rate (poly decay)", source="always", hparam=True)
+    optimizer: Literal["sgd", "adamw"] = key("sgd", "training", "SGD with momentum (DeepLab runs) or AdamW (SegFormer runs)", source="if_set", hparam=True)
+    momentum: float = key(0.9, "training", "SGD only", source="always")
+    weight_decay: float = key(5.0e-4, "training", "weight decay of every parameter (both reference codes)", source="always")
+    poly_power: float = key(0.9, "training", "exponent of the poly learning-rate schedule", source="always")
+    poly_horizon: int | None = key(None, "training", "steps over which poly decays; null = the schedule's length (RIPU: 62500, stopped at 40000)", source="if_set")
+    warmup_steps: int = key(0, "training", "linear warm-up of the learning rate over the schedule's first steps", source="always")
+    warmup_start: float = key(0.01, "training", "warm-up starts at this fraction of the scheduled rate", source="always")
+    head_lr_mult: float = key(1.0, "training", "rate multiplier of everything outside the pretrained encoder (decoder, head)", source="always")
+    grad_accum: int = key(1, "training", "micro-batches per optimizer step (a paper batch on a smaller GPU); divides batch_size", source="always")
+    amp: bool = key(False, "training", "bfloat16 autocast for training and inference; CUDA only", source="always")
+    target_loss_weight: float = key(1.0, "training", "weight of the labelled-target cross-entropy")
+    source_weight: float = key(1.0, "training", "weight of the source losses in the rounds; 0 = source-free adaptation")
+    negative_learning: bool = key(False, "training", "RIPU's negative-learning loss (eq. 11, weight 1) on the target batch's pixels")
+    target_sampling: Literal["labelled", "all"] = key("labelled", "training", "target batch: images with labels, or all (RIPU/HALO code)")
+    local_consistency: float = key(0.0, "training", "weight of RIPU's local-consistency loss (eq. 9) on source boundary pixels; RIPU: 0.1", source="special")
+    train_flip: bool = key(True, "training", "random horizontal flips of training images (RIPU/HALO use none)", source="if_set")
+    class_balanced_source: bool = key(False, "training", "RIPU's class-balanced source sampling (rare classes drawn more)", source="if_set")
+    eval_batch_size: int = key(16, "training", "images per evaluation batch (memory, not results)")
+    eval_flip: bool = key(False, "training", "evaluate on the mean softmax of each image and its mirror (RIPU/HALO code)", validation=True)
+    eval_every: int = key(0, "training", "also validate inside rounds after every N-th global step (HALO: 500); 0 = round ends only", validation=True)
+    keep_best: bool = key(False, "training", "save the weights of the best validation (best_miou / best_step columns always)")
+    source_select: Literal["last", "best"] = key("last", "training", "adapt from the source phase's last model, or its best validation (HALO)")
 
     # --- runtime ----------------------------------------------------------------
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda" or "cuda:N"
-    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
-    decode_workers: int = 4  # threads decoding and resizing one batch's images (PIL releases the GIL)
-    prefetch: bool = True  # decode the next step's images while this step trains (same results)
-    deterministic: bool = False  # deterministic CUDA kernels: runs and resumes repeat bit for bit on a GPU too
-    keep_checkpoints: int = 1  # round checkpoints kept (the latest ones; a resume needs only the last)
-    source_cache: str = "runs/cache"  # where source pre-trained checkpoints are shared
-    log_every: int = 25  # progress line / loss scalar every N steps
-    log_images: int = 2  # target images whose radius/selection maps go to TensorBoard
+    device: str = key("auto", "runtime", "\"auto\" (cuda if available), \"cpu\", \"cuda\" or \"cuda:N\"", runtime=True)
+    num_threads: int | None = key(None, "runtime", "torch intra-op threads; None keeps torch's default", runtime=True)
+    decode_workers: int = key(4, "runtime", "threads decoding and resizing one batch's images (PIL releases the GIL)", runtime=True)
+    prefetch: bool = key(True, "runtime", "decode the next step's images while this step trains (same results)", runtime=True)
+    deterministic: bool = key(False, "runtime", "deterministic CUDA kernels: runs and resumes repeat bit for bit on a GPU too", runtime=True)
+    keep_checkpoints: int = key(1, "runtime", "round checkpoints kept (the latest ones; a resume needs only the last)", runtime=True)
+    source_cache: str = key("runs/cache", "runtime", "where source pre-trained checkpoints are shared")
+    log_every: int = key(25, "runtime", "progress line / loss scalar every N steps")
+    log_images: int = key(2, "runtime", "target images whose radius/selection maps go to TensorBoard")
 
     def __post_init__(self) -> None:
         # keys left null follow `reference`; remembered (not a field) so that replace() and
@@ -209,23 +231,14 @@ class ExperimentConfig:
 
         Runs whose keys agree share one cached source checkpoint.
         """
-        keys = (
-            "seed", "data_root", "source", "source_root", "data_seed", "backbone", "geometry",
-            "embed_dim", "curvature", "learnable_curvature", "hfr", "hfr_norm", "source_steps",
-            "batch_size", "lr", "momentum", "weight_decay", "poly_power",
-            "pretrained", "freeze_bn", "warmup_steps", "warmup_start", "head_lr_mult", "grad_accum", "amp",
-        )
-        payload = {k: getattr(self, k) for k in keys}
+        payload = {k: getattr(self, k) for k in keys_where(source="always")}
         # a weight now; 0 hashes as the switch's old "off", so those caches stay valid
         payload["local_consistency"] = self.local_consistency or False
         # later keys count only away from their defaults, so caches written before they existed stay valid
-        for key, default in (
-            ("source_size", None), ("train_flip", True), ("class_balanced_source", False), ("poly_horizon", None),
-            ("optimizer", "sgd"), ("void_label_ids", ()), ("hfr_positivity", "softplus"),
-            ("head_dtype", "float32"), ("mlr", "ball"), ("align_corners", False),
-        ):
-            if getattr(self, key) != default:
-                payload[key] = self.to_dict()[key]
+        defaults = _default_values()
+        for name in keys_where(source="if_set"):
+            if self.to_dict()[name] != defaults[name]:
+                payload[name] = self.to_dict()[name]
         if self.freeze_bn and self.hfr and self.geometry == "hyperbolic":
             payload["hfr_batchnorm"] = "trained"  # frozen with the others before; trained as HALO's since
         if self.loop == "continuous":
@@ -236,12 +249,8 @@ class ExperimentConfig:
     def validation_key(self) -> str:
         """Hash of what a source-phase validation record depends on beyond :meth:`source_key`:
         the target validation set, how it is evaluated and how often (``source_select: best``)."""
-        keys = (
-            "target", "target_root", "target_conditions", "target_size", "eval_flip", "void_label_ids",
-            "eval_every", "data_root", "data_seed",
-        )
         values = self.to_dict()
-        payload = {"source": self.source_key(), **{k: values[k] for k in keys}}
+        payload = {"source": self.source_key(), **{k: values[k] for k in keys_where(validation=True)}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def round_lengths(self) -> list[int]:
@@ -640,9 +649,10 @@ def _read_experiment_values(path: Path, _chain: tuple[Path, ...]) -> dict[str, t
         raise ConfigError(f"{path}: {EXTENDS_KEY} makes a cycle: {names}")
     if not base_path.is_file():
         raise ConfigError(f"{path}: {EXTENDS_KEY}: base experiment file {base_path} does not exist")
+    shown = Path(os.path.normpath(path.parent / base))  # as the user wrote it, for messages
     inherited = {
         key: (value, source if "(extends:" in source else f"{source} (extends: of {path})")
-        for key, (value, source) in _read_experiment_values(base_path, chain).items()
+        for key, (value, source) in _read_experiment_values(shown, chain).items()
     }
     return {**inherited, **own}
 
@@ -653,14 +663,80 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     Errors name where the offending value came from: the file, the base file an ``extends:``
     brought it from, or the ``--set key=value`` that gave it.
     """
+    return load_config_with_origins(path, overrides)[0]
+
+
+def load_config_with_origins(
+    path: str | Path, overrides: list[str] | None = None
+) -> tuple[ExperimentConfig, dict[str, str]]:
+    """:func:`load_config`, and where each key's value came from: the file, ``<base>
+    (extends: of <file>)``, ``--set key=value``, ``reference: true|false`` for keys that follow
+    it, or ``default``."""
     path = Path(path)
     origins: dict[str, str] = {}
     values = read_experiment_values(path, origins=origins)
     for pair in overrides or []:
-        key = pair.split("=", 1)[0].strip()
-        origins[key] = f"--set {_cut(pair)}"
+        name = pair.split("=", 1)[0].strip()
+        origins[name] = f"--set {_cut(pair)}"
     values.update(parse_overrides(overrides or []))
-    return build_config(values, origin=str(path), origins=origins)
+    cfg = build_config(values, origin=str(path), origins=origins)
+    for name in cfg._following:
+        origins[name] = f"reference: {str(cfg.reference).lower()}"
+    return cfg, {name: origins.get(name, "default") for name in config_keys()}
+
+
+def show_config(cfg: ExperimentConfig, origins: dict[str, str]) -> str:
+    """The resolved config as an experiment file, by group, each value with its origin."""
+    values = cfg.to_dict()
+    lines: list[str] = []
+    for group in KEY_GROUPS:
+        lines.append(f"# --- {group}")
+        for name in keys_where(group=group):
+            text = yaml.safe_dump({name: values[name]}, default_flow_style=True, width=10_000).strip()
+            text = text[1:-1] if text.startswith("{") else text  # {key: value} -> key: value
+            lines.append(f"{text:<44} # {origins.get(name, 'default')}")
+    return "\n".join(lines) + "\n"
+
+
+def config_json_schema() -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12) of experiment files, for editors that validate and complete YAML.
+
+    Every key with its type, allowed values, default and one-line meaning; ``extends`` names a
+    base file; other keys are refused, as :func:`load_config` refuses them. Cross-key rules
+    (odd windows, ranges that depend on other keys) stay :func:`load_config`'s.
+    """
+    hints = _field_types()
+    defaults = ExperimentConfig().to_values()
+    properties: dict[str, Any] = {
+        EXTENDS_KEY: {"type": "string", "description": "a base experiment file (relative to this one) whose keys this file overrides"},
+    }
+    for name in config_keys():
+        info = key_info(name)
+        prop = _json_type(hints[name])
+        prop["description"] = f"[{info.group}] {info.doc}"
+        prop["default"] = defaults[name]
+        properties[name] = prop
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "halo_ray experiment file",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def _json_type(hint: Any) -> dict[str, Any]:
+    """The JSON Schema of one annotated config type."""
+    args, origin = get_args(hint), get_origin(hint)
+    if origin is Literal:
+        return {"enum": list(args)}
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return {"anyOf": [_json_type(inner), {"type": "null"}]}
+    if origin is tuple:
+        return {"type": "array", "items": _json_type(args[0])}
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    return {"type": names[hint]}
 
 
 def config_keys() -> list[str]:
@@ -668,16 +744,47 @@ def config_keys() -> list[str]:
     return [f.name for f in fields(ExperimentConfig)]
 
 
+def key_info(name: str) -> KeyInfo:
+    """The :class:`KeyInfo` of config key ``name``."""
+    for f in fields(ExperimentConfig):
+        if f.name == name:
+            return f.metadata["key"]
+    raise KeyError(f"unknown config key {name!r}")
+
+
+def keys_where(**roles: Any) -> tuple[str, ...]:
+    """Config keys whose :class:`KeyInfo` has every given role value, in declaration order
+    (``keys_where(runtime=True)``, ``keys_where(source="always")``, ``keys_where(group="data")``)."""
+    return tuple(
+        f.name for f in fields(ExperimentConfig) if all(getattr(f.metadata["key"], r) == v for r, v in roles.items())
+    )
+
+
+#: Keys that say how a run is executed, not what it computes: a resumed run may change them
+#: (another node, more cores), and two trials that differ only in them are the same experiment.
+#: Decoding and prefetching never change a number; another device or thread count may change
+#: floating-point rounding (as it does between two machines).
+RUNTIME_KEYS: frozenset[str] = frozenset(keys_where(runtime=True))
+
+
 __all__ = [
+    "KEY_GROUPS",
     "REFERENCE_DEFAULTS",
+    "RUNTIME_KEYS",
+    "KeyInfo",
+    "key_info",
+    "keys_where",
     "ConfigError",
     "ExperimentConfig",
     "HYPERBOLIC_STRATEGIES",
     "STRATEGIES",
     "build_config",
+    "config_json_schema",
     "config_keys",
     "load_config",
+    "load_config_with_origins",
     "parse_overrides",
     "read_experiment_values",
     "read_yaml_mapping",
+    "show_config",
 ]

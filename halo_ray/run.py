@@ -26,7 +26,7 @@ import torch
 
 import halo_ray
 from halo_ray.acquisition import picks_per_round, select_centres
-from halo_ray.config import RUNTIME_KEYS, ConfigError, ExperimentConfig
+from halo_ray.config import RUNTIME_KEYS, ConfigError, ExperimentConfig, keys_where
 from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.results import (
@@ -50,11 +50,7 @@ class Scorer(Protocol):
 
 #: Config keys shown as hyper-parameters in TensorBoard's HParams dashboard (one set for
 #: every run, so the dashboard lines up all trials of a search).
-HPARAM_KEYS = (
-    "strategy", "budget", "seed", "unit", "rounds", "geometry", "curvature", "learnable_curvature",
-    "bins", "region_size", "suppression", "boundary_window", "hfr", "embed_dim", "backbone", "loop",
-    "reference", "hfr_norm", "hfr_positivity", "head_dtype", "mlr", "align_corners", "optimizer", "lr",
-)
+HPARAM_KEYS = keys_where(hparam=True)
 HPARAM_METRICS = ("eval/miou", "eval/pixel_acc", "eval/labelled_pct")
 
 
@@ -555,30 +551,14 @@ class ActiveLearningRun:
         row = {
             "search": self.search,
             "trial_id": self.trial_id,
-            "seed": cfg.seed,
-            "experiment": cfg.experiment,
-            "source": cfg.source,
-            "target": cfg.target,
-            "strategy": cfg.strategy,
-            "unit": cfg.unit,
-            "budget": cfg.budget,
-            "rounds": cfg.rounds,
+            **{name: getattr(cfg, name) for name in keys_where(column=True)},  # the config's own columns
+            "suppression": cfg.suppression_size,  # the window used
             "round": self.round,
             "step": self.step,
             "labelled_pct": float(summary["labelled_pct"]),
             "labelled_pixels": int(summary["labelled_pixels"]),
             "void_pixels": int(summary["void_pixels"]),
-            "curvature": cfg.curvature,
             "curvature_learned": float(learned) if learned is not None else None,
-            "bins": cfg.bins,
-            "region_size": cfg.region_size,
-            "suppression": cfg.suppression_size,
-            "hfr": cfg.hfr,
-            "geometry": cfg.geometry,
-            "embed_dim": cfg.embed_dim,
-            "backbone": cfg.backbone,
-            "loop": cfg.loop,
-            "reference": cfg.reference,
             "miou": ev.miou,
             "miou13": _finite_or_none(ev.miou13),
             "best_miou": _finite_or_none(self.best["miou"]) if self.best is not None else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,100 @@ def test_keys_left_null_keep_following_reference_through_replace_and_searches(tm
     released = space.trial_config({"reference": True, "seed": 0})
     assert (released.hfr_positivity, released.head_dtype, released.align_corners) == ("clamp", "float64", True)
     assert space.trial_config({"reference": False, "seed": 0}).hfr_positivity == "softplus"
+
+
+# ------------------------------------------------------------------------------------------
+# every key classified where it is declared; the hashes and records derive from that
+# ------------------------------------------------------------------------------------------
+def test_every_config_key_is_classified_and_the_derived_sets_match_their_users():
+    from halo_ray.config import KEY_GROUPS, RUNTIME_KEYS, config_keys, key_info, keys_where
+    from halo_ray.results import RESULT_COLUMNS
+    from halo_ray.run import HPARAM_KEYS
+
+    for name in config_keys():
+        info = key_info(name)
+        assert info.group in KEY_GROUPS and info.doc.strip(), name
+        assert info.source in (None, "always", "if_set", "schedule", "special"), name
+        assert not (info.runtime and (info.source or info.validation or info.column)), name  # how, not what
+    assert set(keys_where(column=True)) == set(RESULT_COLUMNS) & set(config_keys())
+    assert set(HPARAM_KEYS) == set(keys_where(hparam=True)) and RUNTIME_KEYS == set(keys_where(runtime=True))
+    # a key that shapes the source model changes the source cache's key; one that does not, does not
+    base = build_config({})
+    for name in config_keys():
+        changed = _another_valid_value(base, name)
+        if changed is None:
+            continue
+        moves = changed.source_key() != base.source_key()
+        assert moves == (key_info(name).source is not None), name
+
+
+def _another_valid_value(cfg: ExperimentConfig, name: str) -> ExperimentConfig | None:
+    """``cfg`` with ``name`` changed to some other valid value (None when no simple one exists)."""
+    value = getattr(cfg, name)
+    strings = {
+        "experiment": "other", "data_root": "elsewhere", "source": "cityscapes", "target": "acdc",
+        "backbone": "mit_b0", "geometry": "euclidean", "strategy": "entropy", "unit": "pixel", "loop": "adapt",
+        "optimizer": "adamw", "device": "cpu", "source_cache": "other", "hfr_norm": "l2", "hfr_positivity": "clamp",
+        "head_dtype": "float64", "mlr": "released", "target_sampling": "all", "source_select": "best",
+        "source_root": "/somewhere", "target_root": "/somewhere",
+    }
+    others = {
+        "source_size": (64, 32), "target_size": (64, 32), "void_label_ids": (255,), "target_conditions": ("fog",),
+        "poly_horizon": 5, "num_threads": 5, "suppression": 13, "select_steps": None, "pretrained": None,
+    }
+    if name in strings:
+        options = [strings[name]]
+    elif name in others:
+        options = [others[name]]
+    elif isinstance(value, bool):
+        options = [not value]
+    elif isinstance(value, int):
+        options = [value + 2, value + 1]
+    elif isinstance(value, float):
+        options = [value * 0.5 + 0.25]
+    else:
+        options = []
+    for option in options:
+        if option == value:
+            continue
+        try:
+            return cfg.replace(**{name: option})
+        except ConfigError:
+            continue
+    return None
+
+
+def test_config_show_prints_an_experiment_file_with_each_value_s_origin(tmp_path, capsys):
+    from halo_ray.cli import main
+
+    base = ROOT / "experiments" / "gtav_to_cityscapes.yaml"
+    variant = tmp_path / "variant.yaml"
+    variant.write_text(f"extends: {base}\nexperiment: mine\nrounds: 0\nselect_steps: null\n")
+    assert main(["config", "show", str(variant), "--set", "budget=2.2"]) == 0
+    text = capsys.readouterr().out
+    origin = {line.split(":", 1)[0]: line.split("# ", 1)[1] for line in text.splitlines() if not line.startswith("#")}
+    assert origin["experiment"] == str(variant) and origin["budget"] == "--set budget=2.2"
+    assert origin["backbone"] == f"{base} (extends: of {variant})"
+    assert origin["head_dtype"] == "reference: true" and origin["data_seed"] == "default"
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(text)
+    assert load_config(shown) == load_config(variant, ["budget=2.2"])  # it is an experiment file itself
+    assert main(["config", "show", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_the_json_schema_accepts_every_shipped_experiment_file_and_refuses_typos(tmp_path):
+    import jsonschema
+
+    from halo_ray.cli import main
+    from halo_ray.config import config_json_schema, read_yaml_mapping
+
+    schema = config_json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        assert not list(validator.iter_errors(read_yaml_mapping(path))), path.name
+    assert list(validator.iter_errors({"budjet": 5}))  # unknown key
+    assert list(validator.iter_errors({"hfr_positivity": "relu"}))
+    assert list(validator.iter_errors({"rounds": "five"}))
+    assert main(["config", "schema", "--out", str(tmp_path / "schema.json")]) == 0
+    assert json.loads((tmp_path / "schema.json").read_text()) == schema
