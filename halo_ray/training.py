@@ -1,6 +1,6 @@
 """The training step loop, prediction and evaluation — no Ray, no files (losses: ``losses.py``).
 
-The :class:`Trainer` owns the model and its optimizer. The run (``run.py``) and, later,
+The :class:`Trainer` owns the model and its optimizer. The run (``halo_ray.run``) and
 the Ray trainer actor drive it through the same few methods: ``train``, ``predict``,
 ``evaluate``, ``state_dict``/``load_state_dict``.
 

@@ -411,7 +411,7 @@ def test_input_sizes_are_w_h_and_shape_the_source_key():
 
 
 def test_a_checkpoint_written_before_the_new_keys_resumes_with_their_defaults():
-    from halo_ray.run import _check_same_config
+    from halo_ray.run import check_same_config as _check_same_config
 
     cfg = build_config({})
     new_keys = ("source_size", "target_size", "train_flip", "class_balanced_source")

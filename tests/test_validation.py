@@ -11,7 +11,7 @@ import torch
 from halo_ray.config import ConfigError, build_config
 from halo_ray.learner import Learner
 from halo_ray.run import ActiveLearningRun, best_checkpoint_path, load_checkpoint, run_experiment
-from halo_ray.run import _validation_chunks as chunks
+from halo_ray.run import validation_chunks as chunks
 
 
 def _quiet(_: str) -> None:

@@ -1,0 +1,355 @@
+"""The loop of one multi-round active-learning run (docs/architecture.md §2), no Ray.
+
+    source model (cached) → round 0: evaluate
+    for r in 1..R: score → select within budget → reveal → train → evaluate → row + checkpoint
+
+What it leaves for people goes through a :class:`~halo_ray.run.recorder.Recorder` (rows,
+TensorBoard, snapshots), its state through a :class:`~halo_ray.run.checkpointer.Checkpointer`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+import torch
+
+from halo_ray.acquisition import picks_per_round, select_centres
+from halo_ray.config import ConfigError, ExperimentConfig
+from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
+from halo_ray.pool import DatasetOracle, LabelPool
+from halo_ray.results import atomic_write_bytes, read_results
+from halo_ray.run.checkpointer import (
+    CHECKPOINT_FORMAT,
+    Checkpointer,
+    check_same_config,
+    improves,
+    load_checkpoint,
+    source_checkpoint,
+)
+from halo_ray.run.progress import ProgressLine, validation_chunks
+from halo_ray.run.recorder import Recorder
+from halo_ray.rundir import claim_run_directory
+from halo_ray.training import Evaluation
+
+__all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
+
+
+class Scorer(Protocol):
+    """Anything that scores target-train images like :meth:`Learner.score`."""
+
+    def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]: ...
+
+
+class ActiveLearningRun:
+    """State and steps of one multi-round run; ``execute`` drives it to the end.
+
+    The learner and the label pool are reached only through method calls, so they may be
+    the plain objects (built here by default) or Ray actors behind a proxy that turns a
+    method call into ``ray.get(actor.method.remote(...))`` — the run does not know which.
+    Scoring goes to ``scorer`` (the learner itself by default; a fan-out over scorer actors
+    in a search), which must score with the learner's current weights. ``own_checkpoints``
+    False: the caller persists :meth:`checkpoint_state` (a search trial reports it to Tune)
+    and calls :meth:`checkpoint_written`.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        out_dir: Path,
+        *,
+        search: str = "local",
+        trial_id: str | None = None,
+        log: LogFn = log_to_stderr,
+        tensorboard: bool = True,
+        learner: Learner | None = None,
+        pool: LabelPool | None = None,
+        scorer: Scorer | None = None,
+        results_dir: Path | None = None,
+        tensorboard_dir: Path | None = None,
+        own_checkpoints: bool = True,
+    ):
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+        self.log = log
+        self._named_by_caller = trial_id is not None  # a search names its trials; a local run derives it
+        self.recorder = Recorder(
+            cfg, search=search, trial_id=trial_id or f"{cfg.experiment}-{cfg.strategy}-s{cfg.seed}-{cfg.run_id()}",
+            results_dir=Path(results_dir) if results_dir else self.out_dir / "results",
+            tensorboard_dir=Path(tensorboard_dir) if tensorboard_dir else self.out_dir / "tensorboard",
+            tensorboard=tensorboard,
+        )
+        self.checkpoints = Checkpointer(cfg, self.out_dir, own=own_checkpoints)
+        ensure_data(cfg, log)
+        self.learner = learner if learner is not None else Learner(cfg, log=log)
+        self.shapes = [(int(h), int(w)) for h, w in self.learner.target_shapes()]
+        _check_budget_fits(cfg, self.shapes)
+        self.names = self.learner.target_names()
+        self.pool = pool if pool is not None else LabelPool(self.shapes, DatasetOracle(open_split(cfg, "train")))
+        self.scorer = scorer if scorer is not None else self.learner
+        self.round = 0
+        self.step = 0
+        self.wall_s = 0.0
+        #: the best validation so far: {"miou", "step", "round"} (None before the first)
+        self.best: dict[str, float | int] | None = None
+        self._source_state: dict | None = None
+        self.last_row: dict | None = None  # the latest round's result row
+
+    @property
+    def trial_id(self) -> str:
+        """The id that names this run's rows, TensorBoard folder and snapshots."""
+        return self.recorder.trial_id
+
+    @property
+    def results_dir(self) -> Path:
+        return self.recorder.results_dir
+
+    # -- the run ---------------------------------------------------------------------
+    def execute(self, resume: bool = False) -> pd.DataFrame:
+        """Run (or finish) every round; returns this run's result rows."""
+        self.start_or_resume(resume)
+        while self.round < self.cfg.rounds:
+            self.run_round(self.round + 1)
+        self.close()
+        frame = read_results(self.results_dir)
+        return frame[frame["trial_id"] == self.trial_id].reset_index(drop=True)
+
+    def start_or_resume(self, resume: bool | None) -> None:
+        """Begin a fresh run (source model, round 0) or load the last round's checkpoint.
+
+        ``resume``: False only starts; True continues and refuses a run whose rows exist but
+        whose checkpoints are gone (starting afresh would mix two runs' rows); None (a search
+        trial that Tune restarts) continues when there is a checkpoint and starts otherwise.
+        """
+        existing = self.checkpoints.latest()
+        if existing is not None and resume is False:
+            raise ConfigError(
+                f"{self.out_dir} already holds a run (last checkpoint {existing.name}); "
+                "pass --resume to continue it or choose another --out"
+            )
+        if existing is not None:
+            self.restore(load_checkpoint(existing), existing)
+            return
+        rows = self.recorder.rows_on_disk() if resume is True else []
+        if rows:
+            raise ConfigError(
+                f"--resume: {self.out_dir} holds result rows of this run ({rows[-1].name}) but no checkpoint "
+                f"under {self.out_dir / 'checkpoints'} to continue from; restore the checkpoints or start "
+                "the run in another --out"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.out_dir / "config.json"
+        atomic_write_bytes(config_file, lambda tmp: tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2)))
+        self.recorder.open()
+        t0 = time.perf_counter()
+        self.learner.load_state_dict(self._source_state_for_run())
+        self.learner.set_target_labels(self.pool.revealed_labels())  # none yet
+        self.step = self.cfg.source_steps
+        self.round = 0
+        self._finish_round(self.learner.evaluate(), t0)
+
+    def run_round(self, r: int) -> None:
+        """Select, reveal, train and evaluate round ``r``; write its row and checkpoint."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.log(f"round {r}/{cfg.rounds}: scoring {len(self.shapes)} target images ({cfg.strategy})")
+        self.select_round(r)
+        summary = self.pool.summary()
+        self.log(
+            f"round {r}/{cfg.rounds}: labelled {summary['labelled_pct']:.3f}% of target pixels "
+            f"({summary['labelled_pixels']} px)"
+        )
+        # the round's new labels, sparse, in one call; the learner builds dense maps per batch
+        self.learner.add_target_labels(self.pool.revealed_labels(rounds=[r]))
+        self._train_round(r)
+        self.round = r
+        self._finish_round(self.learner.evaluate(), t0)
+
+    def close(self) -> None:
+        """Flush TensorBoard (marking a finished run's HParams session as ended)."""
+        self.recorder.close(finished=self.round >= self.cfg.rounds)
+
+    # -- one round's parts ------------------------------------------------------------
+    def select_round(self, r: int) -> None:
+        """Score every target-train image not yet done this round and reveal its picks.
+
+        Scores, picks and the budget are in native label pixels (whatever ``target_size``).
+        """
+        cfg = self.cfg
+        picks = {  # per native (H, W): the budget is a share of each image's own pixels
+            shape: picks_per_round(
+                *shape, budget_pct=cfg.budget, rounds=cfg.rounds, region_size=cfg.region_size, unit=cfg.unit,
+                reference=cfg.reference,
+            )
+            for shape in set(self.shapes)
+        }
+        todo = [i for i in range(len(self.shapes)) if r not in self.pool.rounds_done(i)]
+        shown = [i for i in range(min(cfg.log_images, len(self.shapes))) if i in todo]
+        scores_shown: dict[int, torch.Tensor] = {}
+        chunk = max(cfg.eval_batch_size, 1) * 4
+        for start in range(0, len(todo), chunk):
+            batch = todo[start : start + chunk]
+            for i, score in zip(batch, self.scorer.score(r, batch), strict=True):
+                active = torch.tensor(self.pool.suppressed(i, cfg.suppression_size))  # a copy: actor results are read-only
+                centres = select_centres(
+                    score, picks=picks[self.shapes[i]], suppression=cfg.suppression_size, active=active
+                )
+                self.pool.reveal(r, i, centres.numpy(), region_size=cfg.region_size, unit=cfg.unit)
+                if i in shown:
+                    scores_shown[i] = score
+        if shown:
+            self.recorder.selection(
+                r, self.step, self.learner.snapshot(shown), [scores_shown[i] for i in shown], shown, self.names,
+                [self.pool.round_map(i) for i in shown],
+            )
+
+    def _train_round(self, r: int) -> None:
+        """Train round ``r``'s steps on source + every revealed label, in the loop's schedule,
+        validating every ``eval_every`` global steps."""
+        cfg = self.cfg
+        steps = cfg.round_lengths()[r - 1]
+        if cfg.loop == "retrain":  # every round anew from the source model
+            self.learner.load_state_dict(self._source_state_for_run())
+            self.learner.reset_optimizer()
+            start, total = 0, steps
+        elif cfg.loop == "adapt":  # one new schedule over all rounds, begun at round 1 (HALO)
+            if r == 1:
+                self.learner.reset_optimizer()
+            start, total = self.step - cfg.source_steps, cfg.rounds * cfg.round_steps
+        else:  # continuous: one schedule over source pre-training and all rounds (RIPU)
+            start, total = self.step, cfg.total_steps
+        progress = ProgressLine(self.log, cfg.log_every, f"round {r}/{cfg.rounds}", total, start)
+        history: list[tuple[int, float, float]] = []
+        for offset, length in validation_chunks(self.step, steps, cfg.eval_every):
+            history += self.learner.train(
+                length, start_step=start + offset, total_steps=total, use_target=True, progress=progress
+            )
+            if offset + length < steps:  # a validation inside the round (the round's end has its own)
+                self._validate(self.learner.evaluate(), self.step + offset + length, r)
+        self.recorder.training(history, self.step, start)
+        self.step += steps
+
+    def _validate(self, ev: Evaluation, step: int, r: int) -> None:
+        """A validation inside round ``r``: TensorBoard scalars and the best-so-far record."""
+        self._track_best(ev, step, r)
+        self.recorder.validation(ev, step)
+        self.log(f"round {r}/{self.cfg.rounds} step {step}: validation mIoU {ev.miou:.2f} "
+                 f"(best {self.best['miou']:.2f} at step {self.best['step']})")
+
+    def _finish_round(self, ev: Evaluation, t0: float) -> None:
+        """Write the round's row and TensorBoard scalars, then its checkpoint."""
+        self.wall_s += time.perf_counter() - t0
+        self._track_best(ev, self.step, self.round)
+        self.last_row = row = self.recorder.row(
+            ev, round_index=self.round, step=self.step, pool_summary=self.pool.summary(),
+            curvature_learned=self.learner.curvature(), best=self.best, wall_s=self.wall_s,
+        )
+        self.recorder.write_row(row, self.step)
+        self.log(
+            f"round {self.round}/{self.cfg.rounds} done: mIoU {ev.miou:.2f} | pixel acc {ev.pixel_acc:.2f} | "
+            f"labelled {row['labelled_pct']:.3f}% | wall {self.wall_s:.1f}s"
+        )
+        self.checkpoints.write_round(self.round, self.checkpoint_state(), self.best)
+
+    def _track_best(self, ev: Evaluation, step: int, r: int) -> None:
+        """Record a validation that beats the best so far; with ``keep_best`` save its weights."""
+        if not improves(ev.miou, self.best):
+            return
+        self.best = {"miou": float(ev.miou), "step": int(step), "round": int(r)}
+        if self.cfg.keep_best:
+            self.checkpoints.save_best(self.best, self.learner.model_state())
+
+    # -- state -----------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue after this round, as tensors and plain values."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "round": self.round,
+            "step": self.step,
+            "learner": self.learner.state_dict(),
+            "pool": self.pool.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "wall_s": self.wall_s,
+            "best": self.best,
+            "trial_id": self.trial_id,
+        }
+
+    def checkpoint_written(self) -> None:
+        """The caller persisted :meth:`checkpoint_state` (a search trial: Tune holds it)."""
+        self.checkpoints.written(self.best)
+
+    def restore(self, state: dict, origin: Path | str) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint_state`."""
+        check_same_config(self.cfg, state["config"], origin)
+        self.learner.load_state_dict(state["learner"])
+        self.pool.load_state_dict(state["pool"])
+        self.learner.set_target_labels(self.pool.revealed_labels())  # every round so far, sparse
+        torch.set_rng_state(state["torch_rng"])
+        self.round = int(state["round"])
+        self.step = int(state["step"])
+        self.wall_s = float(state["wall_s"])
+        self.best = state.get("best")  # absent from checkpoints written before best tracking
+        self.checkpoints.prune_best(self.best)  # a file of a lost, later timeline goes
+        self._keep_trial_id(state)
+        self.last_row = self.recorder.read_row(self.round)
+        self.recorder.open(purge_step=self.step + 1)
+        self.log(f"resumed from {origin} (round {self.round}, step {self.step})")
+
+    def _keep_trial_id(self, state: dict) -> None:
+        """A local run continues under the id it started with, even when this halo_ray derives
+        another from the same config (an older version hashed other keys): the checkpoint's id,
+        or for checkpoints that predate it, the one trial whose row of this round is in results."""
+        if self._named_by_caller:
+            return
+        saved = state.get("trial_id")
+        if saved is None:
+            suffix = f"-round{self.round:03d}.parquet"
+            found = {p.name[: -len(suffix)] for p in self.results_dir.glob(f"*{suffix}")}
+            saved = found.pop() if len(found) == 1 else None
+        if saved is not None and saved != self.trial_id:
+            self.log(f"continuing trial {saved} (this halo_ray would name the config {self.trial_id})")
+            self.recorder.trial_id = saved
+
+    def _source_state_for_run(self) -> dict:
+        if self._source_state is None:
+            self._source_state = source_checkpoint(self.cfg, self.learner, self.log)
+        return self._source_state
+
+
+def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
+    """Refuse a config whose single pick exceeds an image's budget for one round.
+
+    Every image gets at least one pick per round, so a square (or a pixel) larger than
+    ``H·W·budget/rounds`` would label more than the budget allows (``region_size: 201`` on the
+    embedded benchmark would label 77 % for a 5 % budget).
+    """
+    if cfg.rounds == 0 or not shapes:
+        return
+    height, width = min(shapes, key=lambda hw: hw[0] * hw[1])
+    allowed = height * width * cfg.budget / 100 / cfg.rounds  # pixels per image and round
+    unit_pixels = min(cfg.region_size, height) * min(cfg.region_size, width) if cfg.unit == "region" else 1
+    if unit_pixels > allowed:
+        raise ConfigError(
+            f"budget={cfg.budget:g} % over rounds={cfg.rounds} allows {allowed:.1f} pixels per {height}x{width} target "
+            f"image and round, but one pick labels {unit_pixels} (unit={cfg.unit}, region_size={cfg.region_size}): "
+            "the budget would be exceeded; use a smaller region_size or fewer rounds, or a larger budget"
+        )
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: str | Path, *, resume: bool = False, log: LogFn = log_to_stderr,
+    tensorboard: bool = True,
+) -> pd.DataFrame:
+    """Run one experiment to the end (or finish it with ``resume``); returns its rows.
+
+    The run owns ``out_dir`` (:func:`~halo_ray.rundir.claim_run_directory`): a folder that is
+    not a halo_ray run, or one another process is running in, is refused untouched.
+    """
+    with claim_run_directory(out_dir, resume=resume):
+        run = ActiveLearningRun(cfg, Path(out_dir), log=log, tensorboard=tensorboard)
+        return run.execute(resume=resume)
