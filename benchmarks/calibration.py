@@ -26,8 +26,9 @@ import torch
 
 from halo_ray.config import load_config
 from halo_ray.data import CITYSCAPES_CLASSES, class_frequencies
+from halo_ray.imagesets import ImageSet, SparseLabels
 from halo_ray.learner import prepare_data
-from halo_ray.training import ImageSet, SparseLabels, Trainer
+from halo_ray.training import Trainer
 
 warnings.filterwarnings("ignore")
 

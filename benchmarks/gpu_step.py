@@ -37,7 +37,8 @@ from halo_ray.acquisition import picks_per_round, score_map, select
 from halo_ray.config import build_config
 from halo_ray.data.labels import TRAIN_ID_TO_LABEL_ID
 from halo_ray.data.layouts import CityscapesDataset, resize_image, resize_label
-from halo_ray.training import ImageSet, SparseLabels, Trainer
+from halo_ray.imagesets import ImageSet, SparseLabels
+from halo_ray.training import Trainer
 
 CITYSCAPES_TRAIN_IMAGES = 2975  # images a selection round scores (Cityscapes train split)
 NATIVE = (1024, 2048)  # Cityscapes (H, W)

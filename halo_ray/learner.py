@@ -26,16 +26,10 @@ from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benc
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.data.layouts import resolve_layout_root
 from halo_ray.hyperbolic import radius_map
-from halo_ray.training import (
-    DEFAULT_CACHE_BYTES,
-    ClassBalancedSampler,
-    Evaluation,
-    ImageSet,
-    ProgressFn,
-    SparseLabels,
-    Trainer,
-    resolve_device,
-)
+from halo_ray.imagesets import DEFAULT_CACHE_BYTES, ImageSet, SparseLabels
+from halo_ray.metrics import Evaluation
+from halo_ray.sampling import ClassBalancedSampler
+from halo_ray.training import ProgressFn, Trainer, resolve_device
 
 LogFn = Callable[[str], None]
 

@@ -19,18 +19,12 @@ from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, build_config
 from halo_ray.data.labels import IGNORE_INDEX
 from halo_ray.data.layouts import open_dataset, resize_image, resize_label
+from halo_ray.imagesets import ArrayDataset, ImageSet, SparseLabels
 from halo_ray.learner import Learner, RunData, class_presence, open_split
+from halo_ray.metrics import upsample_chunks
 from halo_ray.pool import ArrayOracle, LabelPool
 from halo_ray.run import ActiveLearningRun, run_experiment
-from halo_ray.training import (
-    CLASS_BALANCE_SUB_EPOCH,
-    ArrayDataset,
-    ClassBalancedSampler,
-    ImageSet,
-    SparseLabels,
-    class_weights,
-    upsample_chunks,
-)
+from halo_ray.sampling import CLASS_BALANCE_SUB_EPOCH, ClassBalancedSampler, class_weights
 
 
 def _quiet(_: str) -> None:
@@ -251,6 +245,7 @@ def test_resize_helpers_follow_pil_and_keep_ids():
 
 
 def test_evaluation_in_pieces_equals_evaluation_in_one(monkeypatch):
+    import halo_ray.metrics as metrics
     import halo_ray.training as training
 
     images = torch.randint(0, 256, (5, 16, 24, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -259,7 +254,7 @@ def test_evaluation_in_pieces_equals_evaluation_in_one(monkeypatch):
     trainer = training.Trainer(build_config(dict(embed_dim=8, eval_batch_size=5, device="cpu")), 19, torch.device("cpu"))
     whole = trainer.evaluate(data)
     assert upsample_chunks([(16, 24)] * 5, 19 + 8) == [[0, 1, 2, 3, 4]]
-    monkeypatch.setattr(training, "MAX_UPSAMPLED_VALUES", 2 * 27 * 16 * 24)
+    monkeypatch.setattr(metrics, "MAX_UPSAMPLED_VALUES", 2 * 27 * 16 * 24)
     assert upsample_chunks([(16, 24)] * 5, 27) == [[0, 1], [2, 3], [4]]
     assert upsample_chunks([(2, 2), (2, 2), (3, 2)], 1) == [[0, 1], [2]]  # a new shape starts a piece
     pieces = trainer.evaluate(data)
@@ -446,7 +441,9 @@ class ThreadRecordingDataset(ArrayDataset):
 def _prefetch_run(prefetch: bool, workers: int, *, size=None):
     """Four steps on source + sparse target labels (class-balanced source, 2 micro-batches):
     the trained parameters, the generator state and the recording readers."""
-    from halo_ray.training import ClassBalancedSampler, SparseLabels, Trainer
+    from halo_ray.imagesets import SparseLabels
+    from halo_ray.sampling import ClassBalancedSampler
+    from halo_ray.training import Trainer
 
     gen = torch.Generator().manual_seed(0)
     src_images = torch.randint(0, 256, (6, 24, 40, 3), generator=gen, dtype=torch.uint8)

@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from halo_ray.config import ConfigError, build_config
+from halo_ray.metrics import confusion_matrix, iou_from_confusion, radius_iou_spearman
 from halo_ray.run import run_experiment
-from halo_ray.training import (
-    confusion_matrix,
-    iou_from_confusion,
-    poly_lr,
-    radius_iou_spearman,
-)
+from halo_ray.training import poly_lr
 
 
 def test_confusion_and_iou_closed_form():
@@ -83,7 +79,7 @@ def _arrays(n: int, seed: int, height: int = 32, width: int = 48):
 
 
 def _tensor_set(n: int, seed: int, height: int = 32, width: int = 48):
-    from halo_ray.training import ImageSet
+    from halo_ray.imagesets import ImageSet
 
     return ImageSet.from_arrays(*_arrays(n, seed, height, width))
 
@@ -101,7 +97,7 @@ def test_warmup_scales_the_poly_rate_linearly():
 def test_gradient_accumulation_equals_the_whole_batch(geometry):
     """With frozen BatchNorm, 2 or 4 micro-batches give the whole batch's update (cross-entropies:
     summed over the micro-batches, divided by the whole batch's labelled pixels)."""
-    from halo_ray.training import SparseLabels
+    from halo_ray.imagesets import SparseLabels
 
     source, target = _tensor_set(6, 0), _tensor_set(5, 1)
     dense = _arrays(5, 1)[1].clone()
@@ -269,7 +265,7 @@ def test_learning_rate_per_loop_semantics(tiny_config_values, tmp_path):
 def test_target_sampling_all_draws_unlabelled_images_too():
     """`labelled` draws only images with revealed labels; `all` draws every image (the same
     generator stream), and an unlabelled image then adds the negative-learning term only."""
-    from halo_ray.training import ImageSet, SparseLabels
+    from halo_ray.imagesets import ImageSet, SparseLabels
 
     source = ImageSet.from_arrays(*_arrays(4, 0))
     target = ImageSet.from_arrays(*_arrays(6, 1))
@@ -302,7 +298,8 @@ def test_target_sampling_all_draws_unlabelled_images_too():
 
 
 def test_eval_flip_scores_the_mean_of_image_and_mirror():
-    from halo_ray.training import ImageSet, confusion_matrix, iou_from_confusion
+    from halo_ray.imagesets import ImageSet
+    from halo_ray.metrics import confusion_matrix, iou_from_confusion
 
     val = ImageSet.from_arrays(*_arrays(3, 2))
     trainer = _trainer(eval_flip=True)
@@ -318,7 +315,7 @@ def test_eval_flip_scores_the_mean_of_image_and_mirror():
 def test_source_free_rounds_never_read_the_source():
     """`source_weight: 0`: a round's steps decode no source image and train on the target alone;
     without target labels (source pre-training) the source is still used."""
-    from halo_ray.training import ImageSet, SparseLabels
+    from halo_ray.imagesets import ImageSet, SparseLabels
 
     source = ImageSet.from_arrays(*_arrays(4, 0))
     target = ImageSet.from_arrays(*_arrays(3, 1))

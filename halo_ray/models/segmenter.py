@@ -87,7 +87,7 @@ class Segmenter(nn.Module):
     backbone's output stride (4 for ``"tiny"``: ``[B, C, ⌈H/4⌉, ⌈W/4⌉]``).
 
     Upsampling logits to the label resolution is the caller's business (losses and metrics
-    live in ``halo_ray.training``). Build with :func:`build_segmenter`.
+    live in ``halo_ray.losses``, ``halo_ray.metrics`` and ``halo_ray.training``). Build with :func:`build_segmenter`.
     """
 
     def __init__(self, backbone: FeatureExtractor, head: nn.Module, spec: SegmenterSpec):

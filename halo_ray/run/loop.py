@@ -21,6 +21,7 @@ import torch
 from halo_ray.acquisition import picks_per_round, select_centres
 from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
+from halo_ray.metrics import Evaluation
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.results import atomic_write_bytes, read_results
 from halo_ray.run.checkpointer import (
@@ -34,7 +35,6 @@ from halo_ray.run.checkpointer import (
 from halo_ray.run.progress import ProgressLine, validation_chunks
 from halo_ray.run.recorder import Recorder
 from halo_ray.rundir import claim_run_directory
-from halo_ray.training import Evaluation
 
 __all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
 

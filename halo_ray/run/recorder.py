@@ -12,6 +12,7 @@ import torch
 
 import halo_ray
 from halo_ray.config import ExperimentConfig, keys_where
+from halo_ray.metrics import Evaluation
 from halo_ray.results import (
     IOU_COLUMNS,
     RADIUS_COLUMNS,
@@ -19,7 +20,6 @@ from halo_ray.results import (
     read_round_row,
     write_round_row,
 )
-from halo_ray.training import Evaluation
 
 __all__ = ["HPARAM_KEYS", "HPARAM_METRICS", "Recorder", "snapshot_path", "write_snapshot"]
 
