@@ -208,6 +208,7 @@ def test_a_search_over_variants_gets_one_row_per_configuration_with_its_interval
                 config = {**json.loads(row["config_json"]), "hfr_norm": "rms", **variant}
                 row.update(hfr=config["hfr"], config_json=json.dumps(config))
                 write_round_row(results, row)
+    (results.parent / "search.json").write_text(json.dumps({"name": "hfr", "variants": variants}))
     report = write_report(results.parent, tmp_path / "analysis")
     table = report.tables["configurations"].set_index(["hfr", "hfr_norm"])
     assert list(report.tables["configurations"].columns) == [
@@ -218,3 +219,10 @@ def test_a_search_over_variants_gets_one_row_per_configuration_with_its_interval
     assert rms["miou_ci95"] == pytest.approx(4.302652729911275 * math.sqrt(7.0 / 3.0))  # t(.975, 2)·s/√3, s² = 7
     assert table.loc[(False, "rms"), "miou_mean"] == pytest.approx(42.0)
     assert "## Final mIoU per configuration" in report.report_md.read_text()
+    # each variant against the first (HFR off), seed by seed: rms 50-40, 51-42, 55-44 -> 10, 9, 11
+    diffs = report.tables["configuration_differences"].set_index(["hfr", "hfr_norm"])
+    rms_diff = diffs.loc[(True, "rms")]
+    assert rms_diff["diff_mean"] == pytest.approx(10.0) and rms_diff["n_pairs"] == 3
+    assert rms_diff["ci_half_width"] == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3.0))  # s = 1
+    assert diffs.loc[(True, "l2"), "diff_mean"] == pytest.approx((5 + 3 + 4) / 3)
+    assert report.summary().splitlines()[1].startswith("budget 5 %: best configuration hfr=True, hfr_norm=rms: 52.00")

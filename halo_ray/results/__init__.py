@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "check_frame": "tables",
     "class_iou_table": "tables",
     "class_radius_means": "tables",
+    "configuration_differences": "tables",
     "colour_train_ids": "plots",
     "curve_auc": "tables",
     "figure_png": "plots",

@@ -34,6 +34,7 @@ from halo_ray.results.tables import (
     ablation_table,
     check_frame,
     class_iou_table,
+    configuration_differences,
     curve_auc,
     final_rows,
     learning_curves,
@@ -175,8 +176,21 @@ class Report:
         ]
         table = self.tables.get("strategy_table", pd.DataFrame())
         paired = self.tables.get("paired_differences", pd.DataFrame())
+        configurations = self.tables.get("configurations", pd.DataFrame())
         if table.empty:
             lines.append("no trial reached its last round: no final mIoU yet")
+        elif not configurations.empty and "strategy" not in configurations.columns:
+            # one strategy, other keys varied (an ablation): name whole configurations
+            keys = [c for c in configurations.columns if c not in ("budget", "miou_mean", "miou_std", "miou_ci95", "n")]
+            for budget, group in configurations.groupby("budget", sort=True):
+                best = group.loc[group["miou_mean"].idxmax()]
+                spread = f" ± {best['miou_ci95']:.2f} (95 % CI)" if math.isfinite(best["miou_ci95"]) else ""
+                named = ", ".join(f"{k}={best[k]}" for k in keys)
+                lines.append(
+                    f"budget {budget:g} %: best configuration {named}: {best['miou_mean']:.2f}{spread} mIoU "
+                    f"({int(best['n'])} seed{'s' if best['n'] != 1 else ''})"
+                )
+            return "\n".join(lines)
         for budget, group in table.groupby("budget", sort=True) if not table.empty else ():
             best = group.loc[group["miou_mean"].idxmax()]
             spread = f" ± {best['miou_std']:.2f}" if math.isfinite(best["miou_std"]) else ""
@@ -202,6 +216,20 @@ def _ablation_axes(frame: pd.DataFrame) -> list[str]:
     """Axes on which the complete trials take more than one value."""
     final = final_rows(frame)
     return [a for a in ABLATION_CANDIDATES if a in final.columns and final[a].nunique(dropna=False) > 1]
+
+
+def _first_variant(root: Path | None, varied: list[str]) -> dict | None:
+    """The first of the search's ``variants`` (its baseline), when ``search.json`` lists them
+    and they set only varied keys."""
+    path = root / "search.json" if root is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        variants = json.loads(path.read_text()).get("variants") or []
+    except json.JSONDecodeError:
+        return None
+    first = variants[0] if variants and isinstance(variants[0], dict) else None
+    return first if first and set(first) <= set(varied) else None
 
 
 def varied_keys(frame: pd.DataFrame) -> list[str]:
@@ -308,6 +336,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path, baseline: str | N
     varied = varied_keys(frame)
     if varied and varied != ["strategy"]:  # several keys vary: one row per configuration
         tables["configurations"] = ablation_table(frame, varied)
+        first = _first_variant(root, varied)
+        if first is not None:  # a search over variants: each against the first, paired by seed
+            tables["configuration_differences"] = configuration_differences(frame, first, varied)
     for axis in _ablation_axes(frame):
         tables[f"ablation_{axis}"] = ablation_table(frame, axis)
 
@@ -396,6 +427,13 @@ def _render(
                 "Final mIoU per configuration", tables["configurations"], "No trial is complete yet.",
                 intro="Every config key the complete trials vary; mean ± `miou_ci95` is the 95 % t-interval "
                 "of the mean over seeds.",
+            )
+        )
+    if "configuration_differences" in tables:
+        parts.append(
+            _section(
+                "Each configuration minus the search's first variant (paired by seed; 95 % t-interval)",
+                tables["configuration_differences"], "No pair yet.",
             )
         )
     if baseline is not None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -243,6 +244,57 @@ def paired_differences(frame: pd.DataFrame, baseline: str, confidence: float = 0
     return pd.DataFrame(rows, columns=columns)
 
 
+def configuration_differences(
+    frame: pd.DataFrame, baseline: Mapping[str, Any], keys: Sequence[str], confidence: float = 0.95
+) -> pd.DataFrame:
+    """Final mIoU of each configuration minus the ``baseline`` configuration's, paired by seed.
+
+    A configuration is a combination of values of ``keys`` (config keys the trials vary, e.g.
+    a search's variants: ``hfr``, ``hfr_norm``, ``hfr_positivity``); the baseline is every
+    trial whose config has ``baseline``'s values (``{"hfr": False}``). A pair is a trial and
+    a baseline trial with the same seed, budget, strategy and every other key. Columns: the
+    ``keys``, budget, diff_mean, n_pairs, ci_low, ci_high, ci_half_width (Student t, NaN for
+    one pair), config_mean, baseline_mean (over pairs). The baseline's own rows are left out.
+    """
+    check_frame(frame, ["seed", "config_json"])
+    keys = list(keys)
+    unknown = sorted(set(baseline) - set(keys))
+    if not keys or unknown:
+        raise AnalysisError(f"baseline keys {unknown} are not among the compared keys {keys}")
+    final = final_rows(frame)
+    configs = []
+    for text, trial in zip(final["config_json"], final["trial_id"], strict=True):
+        config = json.loads(pairing_key(text, trial_id=trial))
+        configs.append(config)
+    missing = sorted({k for c in configs for k in keys if k not in c})
+    if missing:
+        raise AnalysisError(f"compared keys {missing} are not in every trial's config_json")
+    final = final.assign(
+        _cfg=[json.dumps([c[k] for k in keys]) for c in configs],
+        _rest=[json.dumps({k: v for k, v in c.items() if k not in keys}, sort_keys=True) for c in configs],
+        _is_base=[all(c[k] == v for k, v in baseline.items()) for c in configs],
+    )
+    match = ["seed", "budget", "strategy", "_rest"]
+    base = final[final["_is_base"]]
+    if base.duplicated(match).any():
+        raise AnalysisError(f"more than one trial matches the baseline {dict(baseline)} for one seed, budget and config")
+    pairs = final[~final["_is_base"]].merge(base[[*match, "miou"]].rename(columns={"miou": "_base"}), on=match, how="left")
+    rows = []
+    for (cfg, budget), group in pairs.groupby(["_cfg", "budget"], sort=True):
+        matched = group.dropna(subset=["_base"])
+        diffs = (matched["miou"] - matched["_base"]).to_numpy(dtype=float)
+        half = t_half_width(diffs, confidence)
+        mean = float(diffs.mean()) if len(diffs) else math.nan
+        rows.append({
+            **dict(zip(keys, json.loads(cfg), strict=True)), "budget": budget, "diff_mean": mean, "n_pairs": len(diffs),
+            "ci_low": mean - half, "ci_high": mean + half, "ci_half_width": half,
+            "config_mean": float(matched["miou"].mean()) if len(diffs) else math.nan,
+            "baseline_mean": float(matched["_base"].mean()) if len(diffs) else math.nan,
+        })
+    columns = [*keys, "budget", "diff_mean", "n_pairs", "ci_low", "ci_high", "ci_half_width", "config_mean", "baseline_mean"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def class_iou_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Paper layout: one row per strategy/budget, one column per class (Cityscapes order), mIoU last.
 
@@ -444,6 +496,7 @@ __all__ = [
     "BASE_COLUMNS",
     "PAIRING_IGNORED_KEYS",
     "ablation_table",
+    "configuration_differences",
     "check_frame",
     "class_iou_table",
     "class_radius_means",
