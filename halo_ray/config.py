@@ -96,11 +96,12 @@ class ExperimentConfig:
     backbone: str = key("tiny", "model", "one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0..mit_b5", source="always", column=True, hparam=True)
     pretrained: str | None = key(None, "model", "local file of ImageNet weights for the backbone's encoder (never downloaded)", source="always")
     freeze_bn: bool = key(False, "model", "keep every BatchNorm at its (pretrained) statistics, affine parameters frozen", source="always")
-    geometry: Literal["hyperbolic", "euclidean"] = key("hyperbolic", "model", "head type", source="always", column=True, hparam=True)
+    geometry: Literal["hyperbolic", "euclidean", "cosine"] = key("hyperbolic", "model", "head type: hyperbolic (HALO), euclidean, cosine (the multi-class query's classifier)", source="always", column=True, hparam=True)
     embed_dim: int = key(64, "model", "pixel embedding dimension D", source="always", column=True, hparam=True)
     curvature: float = key(1.0, "model", "Poincaré ball curvature c > 0 (initial value if learnable)", source="always", column=True, hparam=True)
     learnable_curvature: bool = key(False, "model", "train c jointly with the network", source="always", hparam=True)
     hfr: bool = key(True, "model", "hyperbolic feature reweighting before expmap0", source="always", column=True, hparam=True)
+    temperature: float = key(0.1, "model", "cosine head: logits = cosine / temperature (released multi-class query: 0.1)", source="if_set", hparam=True)
     # The next five keys are where the released HALO code's arithmetic differs from our defaults
     # (README "Our defaults and the released code"); null = the released value under reference: true,
     # ours otherwise, and an explicit value wins either way (ablations).
@@ -380,7 +381,7 @@ def _validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{name} must be an integer >= 1, but got {name}={getattr(cfg, name)}")
     for name in ("source_steps", "round_steps", "log_images", "eval_every"):
         _positive(name, getattr(cfg, name), allow_zero=True)
-    for name in ("lr", "poly_power", "head_lr_mult"):
+    for name in ("lr", "poly_power", "head_lr_mult", "temperature"):
         _positive(name, getattr(cfg, name))
     if cfg.backbone not in BACKBONES:
         raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}, but got backbone={_shown(cfg.backbone)}")

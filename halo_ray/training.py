@@ -189,6 +189,7 @@ class Trainer:
             hfr_positivity=cfg.hfr_positivity,
             head_dtype=cfg.head_dtype,
             mlr=cfg.mlr,
+            temperature=cfg.temperature,
         )
         #: what loading ``pretrained`` did (None without it), for the run's log
         self.weights_report = load_backbone_weights(model, cfg.pretrained) if cfg.pretrained else None

@@ -1,8 +1,8 @@
 """Test helper: a minimal PNG writer (zlib + crc32) with a chosen filter type per row.
 
-Written independently of :mod:`halo_ray.data.png16` (forward filters straight from the
-PNG spec, Paeth with the spec's ``p = a + b - c`` form) so that reading its files back
-bit-exactly tests the decoder against the format, not against itself.
+Written independently of any decoder (forward filters straight from the PNG spec, Paeth
+with the spec's ``p = a + b - c`` form) so that reading its files back bit-exactly tests
+:func:`halo_ray.data.png16.decode_png` (OpenCV underneath) against the format.
 """
 
 from __future__ import annotations
@@ -32,13 +32,45 @@ def _paeth_spec(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
 
 
+_ADAM7 = [
+    (0, 0, 8, 8),
+    (0, 4, 8, 8),
+    (4, 0, 8, 4),
+    (0, 2, 4, 4),
+    (2, 0, 4, 2),
+    (0, 1, 2, 2),
+    (1, 0, 2, 1),
+]
+"""Adam7 passes (PNG spec §8.2): first row, first column, row step, column step."""
+
+
+def _scanlines(data: np.ndarray, ftypes: np.ndarray) -> bytes:
+    """Filtered scanlines of ``data`` ([H, W, bpp] uint8), row ``r`` with filter ``ftypes[r]``."""
+    h = data.shape[0]
+    x = data.astype(np.int32)
+    left = np.zeros_like(x)
+    left[:, 1:] = x[:, :-1]
+    up = np.zeros_like(x)
+    up[1:] = x[:-1]
+    upleft = np.zeros_like(x)
+    upleft[1:, 1:] = x[:-1, :-1]
+    preds = [np.zeros_like(x), left, up, (left + up) // 2, _paeth_spec(left, up, upleft)]
+    pred = np.choose(ftypes[:, None, None], preds)
+    filtered = ((x - pred) % 256).astype(np.uint8).reshape(h, -1)
+    return np.concatenate([ftypes[:, None].astype(np.uint8), filtered], axis=1).tobytes()
+
+
 def encode_png(
-    array: np.ndarray, filters: Sequence[int] | int | None = None, level: int = 6
+    array: np.ndarray,
+    filters: Sequence[int] | int | None = None,
+    level: int = 6,
+    interlace: bool = False,
 ) -> bytes:
     """PNG bytes of ``array`` ([H, W] or [H, W, C], uint8 or uint16).
 
     ``filters``: one filter type (0..4) for every row, a per-row sequence, or None for the
-    cycle 0, 1, 2, 3, 4, 0, … so each filter meets each kind of neighbour.
+    cycle 0, 1, 2, 3, 4, 0, … so each filter meets each kind of neighbour. ``interlace``
+    writes Adam7: each pass is its own small image, filtered with the first rows' types.
     """
     arr = np.asarray(array)
     if arr.ndim == 2:
@@ -54,22 +86,16 @@ def encode_png(
         ftypes = np.full(h, filters)
     else:
         ftypes = np.asarray(filters)
-    x = data.astype(np.int32)
-    left = np.zeros_like(x)
-    left[:, 1:] = x[:, :-1]
-    up = np.zeros_like(x)
-    up[1:] = x[:-1]
-    upleft = np.zeros_like(x)
-    upleft[1:, 1:] = x[:-1, :-1]
-    preds = [np.zeros_like(x), left, up, (left + up) // 2, _paeth_spec(left, up, upleft)]
-    pred = np.choose(ftypes[:, None, None], preds)
-    filtered = ((x - pred) % 256).astype(np.uint8).reshape(h, -1)
-    scan = np.concatenate([ftypes[:, None].astype(np.uint8), filtered], axis=1)
-    ihdr = struct.pack(">IIBBBBB", w, h, depth, _COLOUR_TYPE[c], 0, 0, 0)
+    if interlace:
+        passes = [data[y0::dy, x0::dx] for y0, x0, dy, dx in _ADAM7]
+        scan = b"".join(_scanlines(p, ftypes[: p.shape[0]]) for p in passes if p.size)
+    else:
+        scan = _scanlines(data, ftypes)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, _COLOUR_TYPE[c], 0, 0, int(interlace))
     return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(scan.tobytes(), level))
+        + _chunk(b"IDAT", zlib.compress(scan, level))
         + _chunk(b"IEND", b"")
     )
 

@@ -1,4 +1,4 @@
-"""SYNTHIA: the 16-bit PNG decoder, the id → trainId map, 16/13-class mIoU, and the reader."""
+"""SYNTHIA: 16-bit PNG decoding (OpenCV), the id → trainId map, 16/13-class mIoU, the reader."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +21,7 @@ from halo_ray.data import (
     SYNTHIADataset,
     decode_png,
     open_dataset,
+    read_png,
     restrict_to_synthia_classes,
     synthia_class_iou,
     synthia_miou,
@@ -38,7 +40,7 @@ EXPECTED = {
 }  # fmt: skip
 
 
-# ---- the PNG decoder ---------------------------------------------------------------------------
+# ---- PNG decoding (OpenCV through decode_png) ---------------------------------------------------
 
 SHAPES = [(1, 1), (3, 5), (7, 13), (16, 1), (5, 33)]  # odd widths and a one-pixel row
 
@@ -46,7 +48,8 @@ SHAPES = [(1, 1), (3, 5), (7, 13), (16, 1), (5, 33)]  # odd widths and a one-pix
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("filters", ["cycle", 0, 1, 2, 3, 4, "random"])
-def test_decoder_is_bit_exact_for_every_filter(dtype, channels, filters):
+@pytest.mark.parametrize("interlace", [False, True])
+def test_decoder_is_bit_exact_for_every_filter(dtype, channels, filters, interlace):
     rng = np.random.default_rng(channels * 10 + (filters if isinstance(filters, int) else 7))
     for h, w in SHAPES:
         array = rng.integers(0, np.iinfo(dtype).max + 1, (h, w, channels), dtype=dtype)
@@ -56,7 +59,7 @@ def test_decoder_is_bit_exact_for_every_filter(dtype, channels, filters):
             f = rng.integers(0, 5, h).tolist()
         else:
             f = filters
-        data = encode_png(array, f)
+        data = encode_png(array, f, interlace=interlace)
         out = decode_png(data)
         assert out.dtype == dtype and out.shape == (h, w, channels)
         assert np.array_equal(out, array)
@@ -65,7 +68,7 @@ def test_decoder_is_bit_exact_for_every_filter(dtype, channels, filters):
 
 
 def test_decoder_on_label_like_maps_with_ties():
-    """Flat regions make Paeth's three distances tie often; ties must prefer a, then b."""
+    """Flat regions make Paeth's three distances tie often (the spec: ties prefer a, then b)."""
     h, w = 23, 31
     ids = (np.arange(w)[None, :] // 4 + np.arange(h)[:, None] // 5) % 23  # [H, W]
     label = np.stack([ids, ids * 1000 % 65536, np.zeros_like(ids)], axis=-1).astype(np.uint16)
@@ -74,23 +77,47 @@ def test_decoder_on_label_like_maps_with_ties():
         assert np.array_equal(decode_png(encode_png(label, f)), label)
 
 
-def test_decoder_splits_wavefront_blocks_across_long_runs_of_cheap_rows():
-    """Paeth rows separated by more cheap rows than the width are decoded as two blocks."""
-    rng = np.random.default_rng(1)
-    array = rng.integers(0, 65536, (14, 3, 3), dtype=np.uint16)
-    filters = [4, 3, 0, 1, 2, 0, 1, 4, 1, 2, 0, 1, 2, 3]  # gap of 5 > width 3
-    assert np.array_equal(decode_png(encode_png(array, filters)), array)
+def test_ancillary_chunks_leave_the_samples_alone():
+    """No gamma, sBIT shift or orientation is applied; a tRNS alpha OpenCV adds is dropped."""
+    rgb = np.random.default_rng(2).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    grey = rgb[..., 0].copy()
+    exif = bytes.fromhex("4d4d002a000000080001011200030000000100030000000000000000")  # rotate 180
+    for array, extra in [
+        (rgb, [(b"gAMA", struct.pack(">I", 45455)), (b"sBIT", bytes([5, 6, 5]))]),
+        (rgb, [(b"eXIf", exif), (b"tRNS", struct.pack(">3H", *rgb[0, 0]))]),
+        (grey, [(b"tRNS", struct.pack(">H", grey[0, 0])), (b"sBIT", b"\x03")]),
+    ]:
+        data = encode_png(array, None)
+        data = data[:33] + b"".join(_chunk(kind, payload) for kind, payload in extra) + data[33:]
+        out = decode_png(data)
+        assert out.dtype == np.uint16 and np.array_equal(out.reshape(array.shape), array)
 
 
-def test_pillow_keeps_only_the_high_byte_of_48_bit_pngs(tmp_path):
-    """Why png16 exists: Pillow (≤12) reads a 16-bit RGB PNG as 8-bit RGB, ids become 0."""
+def test_pillow_keeps_only_the_high_byte_of_48_bit_pngs_opencv_keeps_all(tmp_path):
+    """Why decoding goes through OpenCV: Pillow (≤12) reads a 16-bit RGB PNG as 8-bit RGB,
+    so ids become 0; OpenCV gives uint16 exactly, in BGR order and only with IMREAD_UNCHANGED
+    (its default IMREAD_COLOR also drops the low byte)."""
     label = np.zeros((2, 4, 3), np.uint16)
     label[..., 0] = [[3, 21, 300, 22], [0, 10, 65535, 1]]
+    label[..., 1] = 7
     path = write_png(tmp_path / "l.png", label)
     with Image.open(path) as im:
         pil = np.array(im)
     assert pil.dtype == np.uint8 and np.array_equal(pil[..., 0], label[..., 0] >> 8)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and np.array_equal(raw, label[..., ::-1])  # BGR
+    colour = cv2.imread(str(path))
+    assert colour.dtype == np.uint8 and np.array_equal(colour[..., 2], label[..., 0] >> 8)
     assert np.array_equal(decode_png(path.read_bytes(), channel=0), label[..., 0])
+    assert np.array_equal(decode_png(path.read_bytes()), label)  # RGB order
+
+
+def test_read_png_with_a_non_ascii_path(tmp_path):
+    """Decoding goes through bytes (cv2.imdecode): cv2.imread fails on such paths on Windows."""
+    array = np.arange(24, dtype=np.uint16).reshape(2, 4, 3) * 1000
+    path = write_png(tmp_path / "Ünïcødé 標籤" / "0000000.png", array)
+    assert np.array_equal(read_png(path), array)
+    assert np.array_equal(read_png(str(path), channel=2), array[..., 2])
 
 
 def _rows_png(header: tuple[int, int, int, int, int], scan: bytes) -> bytes:
@@ -123,8 +150,13 @@ def test_decoder_errors_name_what_is_wrong():
         decode_png(_rows_png((2, 2, 8, 0, 0), b"\x00ab"))
     with pytest.raises(PngError, match="colour type 3"):
         decode_png(_rows_png((2, 1, 8, 3, 0), b"\x00ab"))
-    with pytest.raises(PngError, match="interlaced"):
-        decode_png(_rows_png((1, 1, 16, 0, 1), b"\x00ab"))
+    with pytest.raises(PngError, match="colour type 0 at bit depth 4"):
+        decode_png(_rows_png((2, 1, 4, 0, 0), b"\x00a"))
+    idat = bytearray(zlib.compress(bytes(2 * 31)))  # 2 rows of 5 RGB 16-bit pixels
+    idat[-1] ^= 1  # the zlib stream's adler32; the chunk CRC is right
+    with pytest.raises(PngError, match="zlib: .*incorrect data check"):
+        decode_png(good[:33] + _chunk(b"IDAT", bytes(idat)) + _chunk(b"IEND", b""))
+    assert decode_png(_rows_png((1, 1, 16, 0, 1), b"\x00ab")).tolist() == [[[0x6162]]]  # Adam7
     with pytest.raises(PngError, match="bit depth 16 with colour type 3"):
         decode_png(_rows_png((1, 1, 16, 3, 0), b"\x00ab"))
     with pytest.raises(ValueError, match=r"channel must be None or an integer in \[0, 2\]"):

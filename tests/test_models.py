@@ -17,7 +17,7 @@ from halo_ray.models import (
     build_segmenter,
 )
 
-GEOMS = ("hyperbolic", "euclidean")
+GEOMS = ("hyperbolic", "euclidean", "cosine")
 
 
 def _build(seed: int = 0, **kwargs) -> Segmenter:
@@ -63,6 +63,7 @@ def test_hyperbolic_embeddings_lie_inside_the_ball(c):
         ("hyperbolic", {"hfr": False}),
         ("hyperbolic", {"learnable_curvature": True}),
         ("euclidean", {}),
+        ("cosine", {}),
     ],
 )
 def test_forward_backward_gives_finite_gradients_to_every_parameter(geometry, kwargs):
@@ -170,6 +171,7 @@ def test_spec_records_arguments_and_rebuilds_the_same_architecture():
         "hfr_positivity": "softplus",
         "head_dtype": "float32",
         "mlr": "ball",
+        "temperature": 0.1,
     }
     rebuilt = _build(**spec)
     rebuilt.load_state_dict(model.state_dict())  # same keys and shapes
@@ -179,7 +181,7 @@ def test_spec_records_arguments_and_rebuilds_the_same_architecture():
 def test_every_geometry_builds_its_head(geometry):
     model = _build(geometry=geometry, backbone="tiny")
     assert model.geometry == geometry and model.head.geometry == geometry
-    assert (model.curvature is None) == (geometry == "euclidean")
+    assert (model.curvature is None) == (geometry != "hyperbolic")
 
 
 def test_unknown_backbone_raises_listing_known_ones():
@@ -280,3 +282,22 @@ def test_float64_head_runs_expmap0_and_the_mlr_in_float64_and_hfr_in_float32():
 def test_head_options_outside_their_sets_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_segmenter(**kwargs)
+
+
+def test_cosine_head_logits_are_cosines_over_the_temperature():
+    model = _build(geometry="cosine", temperature=0.25).eval()
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x)
+    features = model.backbone(x)
+    reduced = model.head.reduce(features)
+    unit = reduced / reduced.norm(dim=1, keepdim=True)
+    weights = model.head.weight / model.head.weight.norm(dim=1, keepdim=True)
+    cosine = torch.einsum("bdhw,cd->bchw", unit, weights)
+    torch.testing.assert_close(out.logits, cosine / 0.25)
+    torch.testing.assert_close(out.embeddings, unit)
+    assert out.logits.abs().max() <= 1 / 0.25 + 1e-5
+    torch.testing.assert_close(out.embeddings.norm(dim=1), torch.ones(2, 8, 12))
+    # no bias; the classifier is the weight matrix alone
+    assert sorted(n for n, _ in model.head.named_parameters()) == ["reduce.bias", "reduce.weight", "weight"]
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        _build(geometry="cosine", temperature=0.0)

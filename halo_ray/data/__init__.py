@@ -1,7 +1,7 @@
 """Data layer: label maps, the embedded synthetic benchmark, layout readers and a checker.
 
 Public names are re-exported here; the implementations live in :mod:`.labels`,
-:mod:`.synthia` (SYNTHIA ids, 16/13-class evaluation), :mod:`.png16` (16-bit PNG decoder),
+:mod:`.synthia` (SYNTHIA ids, 16/13-class evaluation), :mod:`.png16` (16-bit PNGs via OpenCV),
 :mod:`.synthetic`, :mod:`.layouts` and :mod:`.check`.
 """
 

@@ -19,10 +19,10 @@ What is checked, and how much each costs per item:
 
 Pool choice: processes (``spawn`` start method, so it is safe whatever threads the caller
 runs; a script calling :func:`check_dataset` with ``workers > 1`` needs the usual
-``if __name__ == "__main__":`` guard). Pillow and zlib release the GIL, but about three
-quarters of a 16-bit SYNTHIA label decode is thousands of small numpy calls that hold it
-(see :mod:`halo_ray.data.png16`), so a thread pool cannot use more than about one core
-there. Starting the workers costs about a second, which only small trees notice;
+``if __name__ == "__main__":`` guard). Pillow, zlib and OpenCV (16-bit SYNTHIA labels, see
+:mod:`halo_ray.data.png16`) release the GIL while they decode, but the CRC walk, the
+histogram and the Python around them hold it in part; processes scale whatever that share
+is. Starting the workers costs about a second, which only small trees notice;
 ``workers=1`` checks in the calling process.
 """
 
@@ -170,7 +170,7 @@ class _Item(NamedTuple):
 
     image: str | None
     label: str | None
-    label_format: str  # "labelids" (Cityscapes ids, PIL) | "synthia" (SYNTHIA ids, png16)
+    label_format: str  # "labelids" (Cityscapes ids, PIL) | "synthia" (SYNTHIA ids, OpenCV/PIL)
     mismatch_is_error: bool
     void_ids: tuple[int, ...] = ()  # extra labelId values read as void (``--void-label-ids``)
 

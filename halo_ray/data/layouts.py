@@ -173,9 +173,10 @@ def _read_label_ids(path: Path) -> np.ndarray:
 def read_synthia_ids(path: Path) -> np.ndarray:
     """SYNTHIA class ids ``[H, W]`` (uint16 or uint8) from the first channel of a label file.
 
-    16-bit PNGs go through :mod:`halo_ray.data.png16` (Pillow would keep only the high byte
-    of each sample and turn every id into 0); 8-bit redistributions (grey, palette indices,
-    or RGB/RGBA with the id in the first channel) are read with Pillow.
+    16-bit PNGs are decoded by OpenCV through :func:`halo_ray.data.png16.decode_png`, which
+    checks every chunk's CRC first (Pillow would keep only the high byte of each sample and
+    turn every id into 0); 8-bit redistributions (grey, palette indices, or RGB/RGBA with
+    the id in the first channel) are read with Pillow.
     """
     try:
         data = Path(path).read_bytes()

@@ -17,7 +17,7 @@ from .deeplab import (
     deeplabv3p_r101,
     deeplabv3p_r101_sep,
 )
-from .heads import EuclideanHead, HyperbolicHead, SegOutput
+from .heads import CosineHead, EuclideanHead, HyperbolicHead, SegOutput
 from .mit import (
     MIT_SIZES,
     MiTSize,
@@ -54,6 +54,7 @@ __all__ = [
     "ASPPv2",
     "DeepLabV2",
     "DeepLabV3Plus",
+    "CosineHead",
     "EuclideanHead",
     "FeatureExtractor",
     "HyperbolicHead",

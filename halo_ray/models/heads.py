@@ -1,11 +1,13 @@
-"""Segmentation heads: decoder features -> (logits, embeddings), Euclidean or hyperbolic.
+"""Segmentation heads: decoder features -> (logits, embeddings), Euclidean, hyperbolic or cosine.
 
-Both heads start with the same 1×1 reduction to ``embed_dim`` so the geometry ablation
+The heads start with the same 1×1 reduction to ``embed_dim`` so the geometry ablation
 changes only what follows it:
 
 * :class:`HyperbolicHead`: reduce → HFR (optional) → ``expmap0`` → hyperbolic MLR; the
   embeddings are points of the Poincaré ball of curvature ``c``;
-* :class:`EuclideanHead`: reduce → 1×1 classifier; the embeddings are the reduced features.
+* :class:`EuclideanHead`: reduce → 1×1 classifier; the embeddings are the reduced features;
+* :class:`CosineHead`: reduce → L2-normalise → cosine with L2-normalised class weights, over a
+  temperature (the multi-class label query's classifier); the embeddings are the unit features.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 
 from ..hyperbolic import HFR, Curvature, HyperbolicMLR, expmap0
 
-__all__ = ["HEAD_DTYPES", "EuclideanHead", "HyperbolicHead", "SegOutput"]
+__all__ = ["HEAD_DTYPES", "CosineHead", "EuclideanHead", "HyperbolicHead", "SegOutput"]
 
 
 class SegOutput(NamedTuple):
@@ -64,6 +66,41 @@ class EuclideanHead(nn.Module):
         """``[B, in, h, w] -> SegOutput(logits [B, C, h, w], embeddings [B, D, h, w])``."""
         embeddings = self.reduce(features)  # [B, D, h, w]
         return SegOutput(self.classifier(embeddings), embeddings)
+
+
+class CosineHead(nn.Module):
+    """1×1 reduce → unit features → cosine similarity to unit class weights, divided by ``temperature``.
+
+    The released multi-class query model's classifier (``z = <f/|f|, w_c/|w_c|>``, no bias) with
+    its training temperature folded in: the logits are ``z / temperature``, so cross-entropy,
+    the acquisition scores and :func:`halo_ray.multiclass.partial_label_losses` (with
+    ``temperature=1``) see the released ``softmax(z / 0.1)``; ``logits * temperature`` gives
+    back ``z`` (what stage-2 prototypes use). The embeddings are the unit features.
+    """
+
+    geometry = "cosine"
+
+    def __init__(self, in_channels: int, num_classes: int, *, embed_dim: int = 64, temperature: float = 0.1):
+        super().__init__()
+        _check_dims(in_channels, num_classes, embed_dim)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number > 0, but got temperature={temperature!r}")
+        self.temperature = float(temperature)
+        self.reduce = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
+
+    @property
+    def curvature(self) -> None:
+        """Cosine heads have no curvature."""
+        return None
+
+    def forward(self, features: Tensor) -> SegOutput:
+        """``[B, in, h, w] -> SegOutput(logits = cosine / T [B, C, h, w], unit embeddings [B, D, h, w])``."""
+        unit = nn.functional.normalize(self.reduce(features), dim=1)
+        classes = nn.functional.normalize(self.weight, dim=1)
+        cosine = torch.einsum("bdhw,cd->bchw", unit, classes)
+        return SegOutput(cosine / self.temperature, unit)
 
 
 HEAD_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}

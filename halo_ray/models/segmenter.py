@@ -12,11 +12,11 @@ from torch import Tensor, nn
 
 from ..hyperbolic import HFR_NORMS, HFR_POSITIVITY, MLR_FORMS
 from .backbones import BACKBONES, FeatureExtractor, build_backbone
-from .heads import HEAD_DTYPES, EuclideanHead, HyperbolicHead, SegOutput
+from .heads import HEAD_DTYPES, CosineHead, EuclideanHead, HyperbolicHead, SegOutput
 
 __all__ = ["GEOMETRIES", "SegOutput", "Segmenter", "SegmenterSpec", "build_segmenter"]
 
-GEOMETRIES: tuple[str, ...] = ("hyperbolic", "euclidean")
+GEOMETRIES: tuple[str, ...] = ("hyperbolic", "euclidean", "cosine")
 """Values of the ``geometry`` config key."""
 
 
@@ -25,7 +25,7 @@ class SegmenterSpec:
     """The arguments a segmenter was built from; stored in checkpoints to rebuild it."""
 
     backbone: str = "tiny"  # key of BACKBONES: encoder + ASPP + decoder
-    geometry: str = "hyperbolic"  # "hyperbolic" (ball + MLR) or "euclidean" (1×1 classifier)
+    geometry: str = "hyperbolic"  # "hyperbolic" (ball + MLR), "euclidean" (1×1 classifier) or "cosine"
     num_classes: int = 19  # Cityscapes' 19 train classes by default
     embed_dim: int = 64  # channels of the embeddings (HALO's REDUCED_CHANNELS)
     curvature: float = 1.0  # initial ball curvature c > 0 (hyperbolic only)
@@ -35,6 +35,7 @@ class SegmenterSpec:
     hfr_positivity: str = "softplus"  # HFR's channel-weight positivity: "softplus" or "clamp" (HALO reference)
     head_dtype: str = "float32"  # dtype of expmap0, the MLR and the radius: "float64" = HALO reference
     mlr: str = "ball"  # MLR form: "ball" (offsets inside the ball) or "released" (HALO's HyperMLR)
+    temperature: float = 0.1  # cosine head: logits = cosine / temperature (cosine only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
@@ -58,6 +59,9 @@ class SegmenterSpec:
                 f"curvature -c), but got curvature={self.curvature!r}"
             )
         object.__setattr__(self, "curvature", float(self.curvature))  # e.g. numpy floats -> float
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, Real) or not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number > 0, but got temperature={self.temperature!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
         for name, allowed in (
             ("hfr_norm", HFR_NORMS), ("hfr_positivity", HFR_POSITIVITY), ("head_dtype", tuple(HEAD_DTYPES)),
             ("mlr", MLR_FORMS),
@@ -98,7 +102,7 @@ class Segmenter(nn.Module):
 
     @property
     def geometry(self) -> str:
-        """``"hyperbolic"`` or ``"euclidean"``."""
+        """``"hyperbolic"``, ``"euclidean"`` or ``"cosine"``."""
         return self.spec.geometry
 
     @property
@@ -132,6 +136,7 @@ def build_segmenter(
     hfr_positivity: str = "softplus",
     head_dtype: str = "float32",
     mlr: str = "ball",
+    temperature: float = 0.1,
 ) -> Segmenter:
     """Build a segmenter; deterministic under ``torch.manual_seed``, on CPU (move it with ``.to``).
 
@@ -153,6 +158,7 @@ def build_segmenter(
         hfr_positivity=hfr_positivity,
         head_dtype=head_dtype,
         mlr=mlr,
+        temperature=temperature,
     )
     features = build_backbone(spec.backbone)
     if spec.geometry == "hyperbolic":
@@ -168,6 +174,8 @@ def build_segmenter(
             head_dtype=spec.head_dtype,
             mlr=spec.mlr,
         )
+    elif spec.geometry == "cosine":
+        head = CosineHead(features.out_channels, spec.num_classes, embed_dim=spec.embed_dim, temperature=spec.temperature)
     else:
         head = EuclideanHead(features.out_channels, spec.num_classes, embed_dim=spec.embed_dim)
     return Segmenter(features, head, spec)

@@ -1,0 +1,121 @@
+"""RegionPool: answered superpixels charged in clicks, idempotent, resumable bit for bit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from released_multiclass import blocky_labels, voronoi
+
+from halo_ray.multiclass import region_labels, select_regions
+from halo_ray.pool import ArrayOracle
+from halo_ray.region_pool import RegionPool
+
+
+class CountingOracle(ArrayOracle):
+    def __init__(self, maps):
+        super().__init__(maps)
+        self.calls = 0
+
+    def labels(self, index):
+        self.calls += 1
+        return super().labels(index)
+
+
+def _pool(n=3, *, bill_void=True, trim=0, seed=0):
+    rng = np.random.default_rng(seed)
+    spx = [voronoi(40, 60, 25, rng) for _ in range(n)]
+    labels = [blocky_labels(40, 60, 6, rng, void=0.02) for _ in range(n)]
+    oracle = CountingOracle(labels)
+    pool = RegionPool(n, lambda i: spx[i], oracle, num_classes=6, trim=trim, bill_void=bill_void)
+    return pool, spx, labels, oracle
+
+
+def test_clicks_are_the_answers_bits():
+    pool, spx, labels, _ = _pool()
+    multihot, _ = region_labels(labels[1], spx[1], num_classes=6, trim=0)
+    rec = pool.reveal(1, 1, [4, 0, 7])
+    assert rec.clicks == int(multihot[[4, 0, 7]].sum())
+    assert rec.void == int(multihot[[4, 0, 7], 6].sum())
+    ids, answers, rounds = pool.answered(1)
+    assert ids.tolist() == [4, 0, 7] and rounds.tolist() == [1, 1, 1]
+    np.testing.assert_array_equal(answers, multihot[[4, 0, 7]])
+    table, selected = pool.targets(1, 25)
+    np.testing.assert_array_equal(table[selected], multihot[[0, 4, 7]])
+    assert table[~selected].sum() == 0 and pool.available(1, 25).sum() == 22
+    assert pool.clicks == rec.clicks
+
+
+def test_void_is_billed_only_when_asked():
+    billed, spx, labels, _ = _pool(bill_void=True)
+    free, *_ = _pool(bill_void=False)
+    everything = list(range(25))
+    a, b = billed.reveal(1, 0, everything), free.reveal(1, 0, everything)
+    assert a.void == b.void > 0
+    assert a.clicks - b.clicks == a.void
+
+
+def test_retry_is_free_other_regions_refused_rounds_ordered():
+    pool, _, _, oracle = _pool()
+    first = pool.reveal(2, 0, np.array([3, 5]))
+    assert pool.reveal(2, 0, torch.tensor([3, 5])) == first and oracle.calls == 1
+    assert pool.clicks == first.clicks
+    with pytest.raises(ValueError, match="retried call must pass the same regions"):
+        pool.reveal(2, 0, [5, 3])
+    with pytest.raises(ValueError, match="round=1 is too early"):
+        pool.reveal(1, 0, [9])
+    with pytest.raises(ValueError, match=r"regions \[5\] were answered in an earlier round"):
+        pool.reveal(3, 0, [5, 6])
+    with pytest.raises(ValueError, match="repeat an id"):
+        pool.reveal(3, 0, [6, 6])
+    with pytest.raises(ValueError, match="superpixel ids 0..24"):
+        pool.reveal(3, 0, [25])
+    with pytest.raises(ValueError, match="round must be an integer in 1..255"):
+        pool.reveal(0, 0, [1])
+
+
+def test_state_round_trip_is_exact_and_checked():
+    pool, spx, labels, _ = _pool(trim=3)
+    for r in (1, 2):
+        for i in range(3):
+            pool.reveal(r, i, np.flatnonzero(pool.available(i, 25))[r : r + 3 * r])
+    pool.reveal(3, 2, [])  # an empty call is a call too
+    buf = io.BytesIO()
+    torch.save(pool.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    again, *_ = _pool(trim=3)
+    again.load_state_dict(state)
+    assert again.ledger() == pool.ledger() and again.clicks == pool.clicks
+    for i in range(3):
+        for got, want in zip(again.answered(i), pool.answered(i), strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert again.reveal(3, 2, []) == pool.reveal(3, 2, [])
+    other, *_ = _pool(trim=5)
+    with pytest.raises(ValueError, match="state trim=3 differs from this pool's trim=5"):
+        other.load_state_dict(state)
+    bad = dict(state, rounds=torch.flip(state["rounds"], [0]))
+    fresh, *_ = _pool(trim=3)
+    with pytest.raises(ValueError, match="state is inconsistent"):
+        fresh.load_state_dict(bad)
+    assert fresh.ledger() == []  # a failed load leaves the pool unchanged
+
+
+def test_a_round_selected_under_a_click_budget_spends_at_most_it():
+    pool, spx, labels, _ = _pool(n=4, seed=3)
+    answers = np.stack([region_labels(labels[i], spx[i], num_classes=6, trim=0)[0] for i in range(4)])
+    scores = np.random.default_rng(0).random((4, 25))
+    order, clicks = select_regions(scores, answers, budget=40, available=None)
+    for i in range(4):
+        pool.reveal(1, i, order[order[:, 0] == i, 1])
+    assert pool.clicks == clicks <= 40
+    assert pool.round_totals()[1]["clicks"] == clicks
+
+
+def test_memory_is_a_few_bytes_per_answered_region():
+    pool, *_ = _pool()
+    pool.reveal(1, 0, list(range(20)))
+    # 4 (id) + 1 (7 bits packed) + 1 (round)
+    assert pool.nbytes() == 20 * 6
