@@ -20,7 +20,7 @@ import torch
 from halo_ray.data.labels import IGNORE_INDEX
 from halo_ray.data.layouts import Sample, resize_image, resize_label
 
-__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_DECODE_WORKERS", "ArrayDataset", "ImageSet", "SparseLabels"]
+__all__ = ["DEFAULT_CACHE_BYTES", "DEFAULT_DECODE_WORKERS", "ArrayDataset", "ImageSet", "RegionTargets", "SparseLabels"]
 
 
 #: An :class:`ImageSet` keeps decoded items in memory only when the whole set is estimated to
@@ -296,3 +296,64 @@ class SparseLabels:
         """
         maps = [resize_label(self.dense(int(i)), size) for i in indices]
         return torch.from_numpy(np.stack(maps))
+
+
+class RegionTargets:
+    """Answered superpixels of target-train images as training targets (multi-class query).
+
+    Per labelled image: its superpixel map (read on demand from ``superpixels(index)``, the
+    superpixel cache), the answer table ``[R, K]`` and the selected mask ``[R]`` of
+    :meth:`halo_ray.region_pool.RegionPool.targets`. :meth:`batch` resizes the maps of one
+    training batch to the training size with the same nearest rule as :class:`SparseLabels`,
+    so a superpixel covers the pixels its labels would.
+    """
+
+    def __init__(self, superpixels: Any, num_images: int):
+        self._superpixels = superpixels
+        self.num_images = int(num_images)
+        self._answers: dict[int, np.ndarray] = {}
+        self._selected: dict[int, np.ndarray] = {}
+
+    def set(self, index: int, answers: Any, selected: Any) -> None:
+        """Image ``index``'s answer table ``[R, K]`` and selected mask ``[R]`` (replacing earlier ones)."""
+        answers, selected = np.asarray(answers, np.uint8), np.asarray(selected, bool)
+        if not 0 <= index < self.num_images:
+            raise ValueError(f"index must be in 0..{self.num_images - 1}, got {index}")
+        if answers.ndim != 2 or selected.shape != (answers.shape[0],):
+            raise ValueError(f"answers must be [R, K] and selected [R], got {answers.shape} and {selected.shape}")
+        if selected.any():
+            self._answers[int(index)], self._selected[int(index)] = answers, selected
+        else:
+            self._answers.pop(int(index), None)
+            self._selected.pop(int(index), None)
+
+    def labelled_images(self) -> np.ndarray:
+        """Indices (ascending, int64) of the images with at least one answered region."""
+        return np.asarray(sorted(self._answers), np.int64)
+
+    def batch(self, indices: Sequence[int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(superpixels int64 [B, h, w], answers uint8 [B, R, K], selected bool [B, R])`` at
+        ``size=(h, w)``; R is the largest region count of the batch (tables padded with
+        unselected, empty rows)."""
+        from PIL import Image
+
+        maps, tables, chosen = [], [], []
+        for i in indices:
+            i = int(i)
+            if i not in self._answers:
+                raise ValueError(f"image {i} has no answered region")
+            spx = np.asarray(self._superpixels(i)).astype(np.int32)
+            if spx.max() >= len(self._selected[i]):
+                raise ValueError(f"image {i}'s superpixels hold id {int(spx.max())}, beyond its {len(self._selected[i])} answers")
+            if spx.shape != tuple(size):
+                spx = np.asarray(Image.fromarray(spx).resize((size[1], size[0]), Image.Resampling.NEAREST))
+            maps.append(spx.astype(np.int64))
+            tables.append(self._answers[i])
+            chosen.append(self._selected[i])
+        r = max(len(s) for s in chosen)
+        k = tables[0].shape[1]
+        answers = np.zeros((len(tables), r, k), np.uint8)
+        selected = np.zeros((len(tables), r), bool)
+        for j, (table, sel) in enumerate(zip(tables, chosen, strict=True)):
+            answers[j, : len(table)], selected[j, : len(sel)] = table, sel
+        return torch.from_numpy(np.stack(maps)), torch.from_numpy(answers), torch.from_numpy(selected)

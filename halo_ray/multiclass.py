@@ -140,14 +140,6 @@ def _region_mean(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.
     return total / count
 
 
-def _class_prior(prob: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-    """PixBal's class prior: the mean of per-batch mean probabilities (released pass 1)."""
-    n = prob.shape[0]
-    step = n if batch_size is None else batch_size
-    means = [prob[i : i + step].mean(dim=(0, 2, 3)) for i in range(0, n, step)]
-    return torch.stack(means).sum(0) / len(means)
-
-
 def region_scores(
     strategy: str,
     logits: Any,
@@ -188,6 +180,55 @@ def region_scores(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     z = _tensor(logits, dtype=torch.float32)
+    n = z.shape[0] if z.dim() == 4 else 0
+    prior = None
+    if strategy == "pixbal":
+        step = n if batch_size is None else batch_size
+        prior = torch.stack([batch_class_mean(z[i : i + step], temperature=temperature) for i in range(0, max(n, 1), step)]).mean(0)
+    means, dominant = region_terms(
+        strategy, z, superpixels, temperature=temperature, prior=prior, nu=nu, num_regions=num_regions
+    )
+    if available is None:
+        spx = _tensor(superpixels).to(z.device, torch.int64).reshape(n, -1)
+        r = means.shape[1]
+        available = torch.stack([torch.bincount(row, minlength=r) > 0 for row in spx]) if n else None
+    return combine_region_scores(strategy, means, dominant, num_channels=z.shape[1], ban_void=ban_void, available=available)
+
+
+def batch_class_mean(logits: Any, *, temperature: float = 0.1) -> torch.Tensor:
+    """One batch's mean probability per class, ``softmax(z/T)`` over its images and pixels.
+
+    PixBal's class prior is the mean of these over the pool's batches (released pass 1): a
+    scorer computes it batch by batch and never holds the pool's logits at once.
+    """
+    z = _tensor(logits, dtype=torch.float32)
+    if z.dim() != 4 or z.shape[0] == 0:
+        raise ValueError(f"logits must be a non-empty [B,K,H,W], got {tuple(z.shape)}")
+    return torch.softmax(z / temperature, dim=1).mean(dim=(0, 2, 3))
+
+
+def region_terms(
+    strategy: str,
+    logits: Any,
+    superpixels: Any,
+    *,
+    temperature: float = 0.1,
+    prior: Any = None,
+    nu: float = 6.0,
+    num_regions: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-region parts of :func:`region_scores` for a chunk of images: ``(means, dominant)``.
+
+    ``means [n,R]`` float32: the region mean of ``u·w(ŷ)`` (``pixbal``, ``prior`` = the class
+    prior over the pool) or of ``u`` (``bvsb``, ``classbal``); ``dominant [n,R]``: the region's
+    most frequent top-1 class (0 for an id without pixels). What a scorer returns per chunk:
+    O(regions), never O(pixels); :func:`combine_region_scores` finishes over the whole pool.
+    """
+    if strategy not in REGION_STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(REGION_STRATEGIES)}, got {strategy!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = _tensor(logits, dtype=torch.float32)
     spx = _tensor(superpixels).to(z.device, torch.int64)
     if spx.dim() == 2:
         spx = spx.unsqueeze(0)
@@ -206,27 +247,58 @@ def region_scores(
     index = (spx + torch.arange(n, device=z.device).view(n, 1, 1) * r).reshape(-1)
     size = n * r
     if strategy == "pixbal":
-        weight = (nu * _class_prior(prob, batch_size) + 1) ** (-2)
-        score = _region_mean((u * weight[top1]).reshape(-1), index, size)
+        if prior is None:
+            raise ValueError("pixbal needs the class prior over the pool (batch_class_mean of each batch, averaged)")
+        weight = (nu * _tensor(prior, dtype=torch.float32).to(z.device) + 1) ** (-2)
+        if weight.shape != (k,):
+            raise ValueError(f"prior must hold one value per channel ({k}), got {tuple(weight.shape)}")
+        means = _region_mean((u * weight[top1]).reshape(-1), index, size)
     else:
-        score = _region_mean(u.reshape(-1), index, size)
-        score = score - score[score != 0].min()
-        score = score / score.max()
+        means = _region_mean(u.reshape(-1), index, size)
     votes = torch.zeros(size * k, dtype=torch.int64, device=z.device)
     votes.index_add_(0, index * k + top1.reshape(-1), torch.ones_like(index))
     dominant = votes.view(size, k).argmax(dim=1)
+    return means.view(n, r), dominant.view(n, r)
+
+
+def combine_region_scores(
+    strategy: str,
+    means: Any,
+    dominant: Any,
+    *,
+    num_channels: int,
+    ban_void: bool = True,
+    available: Any = None,
+) -> torch.Tensor:
+    """Finish :func:`region_scores` over the whole pool from its chunks' :func:`region_terms`.
+
+    ``bvsb``/``classbal``: min–max over all N·R entries (min over non-zero ones); the void ban
+    (``ban_void``: dominant = the last of ``num_channels``); ``classbal``'s ``exp(-f_d)``. Regions
+    not ``available`` score ``-inf`` (default: all available).
+    """
+    if strategy not in REGION_STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(REGION_STRATEGIES)}, got {strategy!r}")
+    score = _tensor(means, dtype=torch.float32)
+    dom = _tensor(dominant).to(score.device, torch.int64)
+    if score.dim() != 2 or dom.shape != score.shape:
+        raise ValueError(f"means and dominant must be [N,R] of one shape, got {tuple(score.shape)} and {tuple(dom.shape)}")
+    n, r = score.shape
+    k = num_channels
+    score, dom = score.reshape(-1), dom.reshape(-1)
+    if strategy != "pixbal":
+        score = score - score[score != 0].min()
+        score = score / score.max()
     if ban_void:
-        score = torch.where(dominant == k - 1, torch.zeros_like(score), score)
+        score = torch.where(dom == k - 1, torch.zeros_like(score), score)
     if strategy == "classbal":
-        share = torch.bincount(dominant, minlength=k).to(torch.float32) / size
-        score = torch.exp(-share)[dominant] * score
+        share = torch.bincount(dom, minlength=k).to(torch.float32) / (n * r)
+        score = torch.exp(-share)[dom] * score
     score = score.view(n, r)
     if available is None:
-        avail = torch.bincount(index, minlength=size).view(n, r) > 0
-    else:
-        avail = _tensor(available).to(z.device, torch.bool)
-        if avail.shape != (n, r):
-            raise ValueError(f"available must be [N,R] = {(n, r)}, got {tuple(avail.shape)}")
+        return score
+    avail = _tensor(available).to(score.device, torch.bool)
+    if avail.shape != (n, r):
+        raise ValueError(f"available must be [N,R] = {(n, r)}, got {tuple(avail.shape)}")
     return score.masked_fill(~avail, float("-inf"))
 
 

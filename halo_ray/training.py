@@ -30,7 +30,7 @@ from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.data.labels import IGNORE_INDEX
 from halo_ray.data.synthia import SYNTHIA_ABSENT_TRAIN_IDS, synthia_miou
 from halo_ray.hyperbolic import radius_map
-from halo_ray.imagesets import ImageSet, SparseLabels
+from halo_ray.imagesets import ImageSet, RegionTargets, SparseLabels
 from halo_ray.losses import local_consistency_loss, negative_learning_loss
 from halo_ray.metrics import (
     Evaluation,
@@ -265,7 +265,7 @@ class Trainer:
         start_step: int,
         total_steps: int,
         target: ImageSet | None = None,
-        target_labels: SparseLabels | None = None,
+        target_labels: SparseLabels | RegionTargets | None = None,
         source_sampler: SourceSampler | None = None,
         progress: ProgressFn | None = None,
     ) -> float:
@@ -280,12 +280,17 @@ class Trainer:
         from ``generator``, in a fixed order per step (source images, source flips, target
         images, target flips; the flip coins are drawn even with ``train_flip`` off), so a
         resumed run repeats it exactly.
+
+        ``target_labels`` may be the answered superpixels of the multi-class query
+        (:class:`~halo_ray.imagesets.RegionTargets`): the target term is then the stage-1 loss
+        (:meth:`_answer_loss`) instead of cross-entropy.
         """
         cfg = self.cfg
         self.model.train()
         target_pool = None  # target images a step draws from
         if target is not None and target_labels is not None:
-            if cfg.target_sampling == "all":  # the reference codes: labelled or not (NL still applies)
+            if cfg.target_sampling == "all" and not isinstance(target_labels, RegionTargets):
+                # the reference codes: labelled or not (NL still applies)
                 target_pool = torch.arange(len(target))
             else:
                 target_pool = torch.from_numpy(target_labels.labelled_images())
@@ -310,7 +315,8 @@ class Trainer:
             tgt = None
             if d.tgt_idx is not None:
                 tgt_images = target.images(d.tgt_idx)  # [B, h, w, 3]
-                tgt_labels = target_labels.batch(d.tgt_idx, tuple(tgt_images.shape[1:3]))  # [B, h, w]
+                # [B, h, w] labels, or (superpixels, answers, selected) for answered regions
+                tgt_labels = target_labels.batch(d.tgt_idx, tuple(tgt_images.shape[1:3]))
                 tgt = (tgt_images, tgt_labels, d.tgt_flip if cfg.train_flip else torch.zeros_like(d.tgt_flip))
             src = None  # source-free rounds (source_weight 0) never read a source image
             if tgt is None or cfg.source_weight > 0:
@@ -367,6 +373,8 @@ class Trainer:
                 loss = loss + cfg.local_consistency * local_consistency_loss(logits, y) / cfg.grad_accum
             if tgt is not None and cfg.source_weight != 1.0:  # the rounds weigh the source terms
                 loss = loss * cfg.source_weight
+        if tgt is not None and isinstance(tgt[1], tuple):  # answered superpixels
+            return loss + cfg.target_loss_weight * self._answer_loss(tgt, part)
         if tgt is not None:
             logits_t, yt, valid_t = self._micro_batch_forward(tgt, part)
             ce_t = F.cross_entropy(logits_t, yt, ignore_index=IGNORE_INDEX, reduction="sum") / valid_t
@@ -374,6 +382,29 @@ class Trainer:
             if cfg.negative_learning:
                 loss = loss + negative_learning_loss(logits_t, classes=self.trained_classes) / cfg.grad_accum
         return loss
+
+    def _answer_loss(self, batch: tuple[torch.Tensor, tuple, torch.Tensor], part: torch.Tensor) -> torch.Tensor:
+        """The multi-class query's stage-1 loss (:func:`~halo_ray.multiclass.partial_label_losses`,
+        weights 16/8/1) of ``part`` of a target batch of answered superpixels.
+
+        At temperature 1 on the head's logits (the cosine head folds its temperature in). The
+        answers' void bit is dropped when the model has no "undefined" output (as the released
+        VOC code); the released normalisers run over one GPU's batch, so a micro-batch's loss is
+        divided by the number of micro-batches, as the released data-parallel GPUs average.
+        """
+        from halo_ray.multiclass import partial_label_losses
+
+        images, (superpixels, answers, selected), flip = batch
+        flip = flip[part]
+        x = torch.where(flip.view(-1, 1, 1, 1), images[part].flip(2), images[part])
+        spx = torch.where(flip.view(-1, 1, 1), superpixels[part].flip(2), superpixels[part])
+        logits, _ = self._forward_full(normalize(x.to(self.device)))
+        k = logits.shape[1]
+        terms = partial_label_losses(
+            logits, answers[part][..., :k].to(self.device), spx.to(self.device), selected[part].to(self.device),
+            temperature=1.0,
+        )
+        return terms["total"] / self.cfg.grad_accum
 
     def _micro_batch_forward(
         self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], part: torch.Tensor

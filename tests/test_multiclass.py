@@ -21,12 +21,15 @@ from released_multiclass import (
 )
 
 from halo_ray.multiclass import (
+    batch_class_mean,
+    combine_region_scores,
     partial_label_losses,
     pseudo_labels,
     random_scores,
     region_labels,
     region_means,
     region_scores,
+    region_terms,
     select_regions,
 )
 
@@ -287,3 +290,22 @@ def test_random_scores_are_seeded():
     a = random_scores((3, 7), torch.Generator().manual_seed(1))
     b = random_scores((3, 7), torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and a.shape == (3, 7) and 0 <= a.min() and a.max() < 1
+
+
+@pytest.mark.parametrize("strategy", ["pixbal", "bvsb", "classbal"])
+def test_scoring_a_pool_chunk_by_chunk_equals_scoring_it_at_once(strategy):
+    rng = np.random.default_rng(8)
+    torch.manual_seed(8)
+    n, k, r = 7, 5, 10
+    spx = torch.from_numpy(np.stack([voronoi(14, 18, r, rng) for _ in range(n)]))
+    logits = torch.randn(n, k, 14, 18)
+    whole = region_scores(strategy, logits, spx, batch_size=3, num_regions=r, available=torch.ones(n, r, dtype=torch.bool))
+    chunks = [slice(0, 3), slice(3, 6), slice(6, 7)]  # the scorer's batches
+    prior = torch.stack([batch_class_mean(logits[c]) for c in chunks]).mean(0)
+    parts = [region_terms(strategy, logits[c], spx[c], prior=prior, num_regions=r) for c in chunks]
+    means = torch.cat([m for m, _ in parts])
+    dominant = torch.cat([d for _, d in parts])
+    streamed = combine_region_scores(strategy, means, dominant, num_channels=k)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="pixbal needs the class prior"):
+        region_terms("pixbal", logits, spx)

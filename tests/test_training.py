@@ -12,7 +12,7 @@ import torch
 from halo_ray.config import ConfigError, build_config
 from halo_ray.metrics import confusion_matrix, iou_from_confusion, radius_iou_spearman
 from halo_ray.run import run_experiment
-from halo_ray.training import poly_lr
+from halo_ray.training import normalize, poly_lr
 
 
 def test_confusion_and_iou_closed_form():
@@ -412,3 +412,51 @@ def test_upsampling_follows_align_corners_and_the_released_two_stage_selection_p
     torch.testing.assert_close(got, two_stage)
     assert (got - direct).abs().max() > 1e-3  # the detour through the input size changes values
     torch.testing.assert_close(released.upsample(maps, (16, 24), via=(16, 24)), direct)  # via = size: one stage
+
+
+def _answered(n: int, seed: int):
+    """Answered superpixels of ``n`` images of 32×48: 4×6 blocks of 8×8 px, answers from labels."""
+    from halo_ray.imagesets import RegionTargets
+    from halo_ray.multiclass import region_labels
+
+    images, labels = _arrays(n, seed)
+    spx = np.arange(24).reshape(4, 6).repeat(8, 0).repeat(8, 1)
+    targets = RegionTargets(lambda i: spx, n)
+    gen = np.random.default_rng(seed)
+    for i in range(n):
+        answers, _ = region_labels(labels[i].numpy(), spx, num_classes=19, trim=0)
+        selected = gen.random(24) < 0.3
+        if i == 1:
+            selected[:] = False  # an image without answers is never drawn
+        targets.set(i, answers, selected)
+    return images, labels, spx, targets
+
+
+def test_answered_superpixels_train_with_the_stage_one_loss():
+    """RegionTargets in, the step's target term is partial_label_losses' total on the head's
+    logits at temperature 1 (void bit dropped for a 19-output model)."""
+    from halo_ray.imagesets import ImageSet
+    from halo_ray.multiclass import partial_label_losses
+
+    images, labels, spx, targets = _answered(4, 5)
+    assert targets.labelled_images().tolist() == [0, 2, 3]
+    trainer = _trainer(freeze_bn=True, hfr=False, geometry="cosine", strategy="entropy", source_weight=0.0)
+    flips = torch.tensor([False, True, False])
+    batch = targets.batch([0, 2, 3], (32, 48))
+    assert batch[0].shape == (3, 32, 48) and batch[1].shape == (3, 24, 20) and batch[2].shape == (3, 24)
+    tgt = (images[[0, 2, 3]], batch, flips)
+    with torch.no_grad():
+        got = trainer._micro_batch_loss(None, tgt, torch.arange(3))
+        x = torch.where(flips.view(-1, 1, 1, 1), tgt[0].flip(2), tgt[0])
+        logits, _ = trainer._forward_full(normalize(x))
+        s = torch.where(flips.view(-1, 1, 1), batch[0].flip(2), batch[0])
+        want = partial_label_losses(logits, batch[1][..., :19], s, batch[2], temperature=1.0)["total"]
+    torch.testing.assert_close(got, want)
+    # training on them lowers that loss; only answered images are drawn
+    target = ImageSet.from_arrays(images, labels)
+    before = float(got)
+    trainer.train(15, source=target, generator=torch.Generator().manual_seed(0), start_step=0, total_steps=15,
+                  target=target, target_labels=targets)
+    with torch.no_grad():
+        after = float(trainer._micro_batch_loss(None, tgt, torch.arange(3)))
+    assert after < before
