@@ -467,20 +467,15 @@ def _tiny_cityscapes(root: Path) -> Path:
     return root
 
 
+def _cli_args(root, cache, *extra: str) -> list[str]:
+    """``halo-ray data superpixels ROOT --layout cityscapes --cache CACHE …`` as argv."""
+    return ["data", "superpixels", str(root), "--layout", "cityscapes", "--cache", str(cache), *extra]
+
+
 def test_cli_precomputes_and_reuses_the_cache(tmp_path, capsys):
     root = _tiny_cityscapes(tmp_path / "cityscapes")
     cache_root = tmp_path / "runs" / "cache" / "superpixels"
-    args = [
-        "data",
-        "superpixels",
-        str(root),
-        "--layout",
-        "cityscapes",
-        "--cache",
-        str(cache_root),
-        "--workers",
-        "2",
-    ]
+    args = _cli_args(root, cache_root, "--workers", "2")
     assert main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert "2 images" in out and "2 computed" in out and str(cache_root) in out
@@ -516,18 +511,7 @@ def test_cli_precomputes_and_reuses_the_cache(tmp_path, capsys):
 )
 def test_cli_bad_values_exit_2_naming_them(tmp_path, capsys, extra, message):
     root = _tiny_cityscapes(tmp_path / "cityscapes")
-    code = main(
-        [
-            "data",
-            "superpixels",
-            str(root),
-            "--layout",
-            "cityscapes",
-            "--cache",
-            str(tmp_path / "c"),
-            *extra,
-        ]
-    )
+    code = main(_cli_args(root, tmp_path / "c", *extra))
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
