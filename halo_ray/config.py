@@ -24,6 +24,7 @@ import yaml
 from halo_ray.acquisition import HYPERBOLIC_STRATEGIES, STRATEGIES
 from halo_ray.data.labels import check_void_ids
 from halo_ray.models import BACKBONES
+from halo_ray.multiclass import REGION_STRATEGIES
 
 
 class ConfigError(ValueError):
@@ -113,13 +114,19 @@ class ExperimentConfig:
 
     # --- acquisition ------------------------------------------------------------
     strategy: str = key("halo", "acquisition", "one of STRATEGIES", column=True, hparam=True)
-    unit: Literal["region", "pixel"] = key("region", "acquisition", "RA labels squares, PA only centres", column=True, hparam=True)
+    unit: Literal["region", "pixel", "multiclass"] = key("region", "acquisition", "region: squares (RA); pixel: centres only (PA); multiclass: superpixels answered with every class present, cost in clicks", column=True, hparam=True)
     budget: float = key(5.0, "acquisition", "total labelled share of target pixels, in percent (0, 100]", column=True, hparam=True)
     rounds: int = key(5, "acquisition", "selection rounds R; 0 = source-only (or, with the target as source, fully supervised)", column=True, hparam=True, source="schedule")
     region_size: int = key(3, "acquisition", "odd side of a labelled square (2k+1)", column=True, hparam=True)
     suppression: int | None = key(None, "acquisition", "odd side of the suppression window; None = strategy default", column=True, hparam=True)
     bins: int = key(100, "acquisition", "radius quantisation levels K of the HALO boundary score (reference K)", column=True, hparam=True)
     boundary_window: int = key(3, "acquisition", "odd side of the HALO boundary (impurity) window", hparam=True)
+    clicks_per_round: int | None = key(None, "acquisition", "unit multiclass: clicks a round may spend (one per class named; released Cityscapes: 100000)", hparam=True)
+    superpixels: Literal["seeds", "slic", "grid"] = key("seeds", "acquisition", "unit multiclass: superpixel method (seeds = the released recipe)", hparam=True)
+    num_superpixels: int | None = key(None, "acquisition", "unit multiclass: superpixels per image; null = 2048 at 2048x1024, scaled by area", hparam=True)
+    trim: int = key(5, "acquisition", "unit multiclass: border band (px) left out when an answer is read from ground truth", hparam=True)
+    bill_void: bool = key(True, "acquisition", "unit multiclass: a region holding void costs a click for it (released Cityscapes)", hparam=True)
+    nu: float = key(6.0, "acquisition", "unit multiclass: PixBal's class-weight coefficient (released Cityscapes 6, VOC 12)", hparam=True)
     reference: bool = key(False, "acquisition", "the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above", column=True, hparam=True, source="special")
 
     # --- training ---------------------------------------------------------------
@@ -160,6 +167,7 @@ class ExperimentConfig:
     deterministic: bool = key(False, "runtime", "deterministic CUDA kernels: runs and resumes repeat bit for bit on a GPU too", runtime=True)
     keep_checkpoints: int = key(1, "runtime", "round checkpoints kept (the latest ones; a resume needs only the last)", runtime=True)
     source_cache: str = key("runs/cache", "runtime", "where source pre-trained checkpoints are shared")
+    superpixel_cache: str = key("runs/cache/superpixels", "runtime", "where superpixels are cached (halo-ray data superpixels fills it ahead)")
     log_every: int = key(25, "runtime", "progress line / loss scalar every N steps")
     log_images: int = key(2, "runtime", "target images whose radius/selection maps go to TensorBoard")
 
@@ -328,6 +336,23 @@ def _check_input_size(name: str, value: tuple[int, ...] | None) -> None:
         )
 
 
+def _validate_multiclass(cfg: ExperimentConfig) -> None:
+    """The multi-class label query's keys (docs/multiclass.md)."""
+    allowed = (*REGION_STRATEGIES, *STRATEGIES)
+    if cfg.strategy not in allowed:
+        raise ConfigError(f"unit multiclass: strategy must be one of {list(allowed)}, but got strategy={_shown(cfg.strategy)}")
+    if cfg.clicks_per_round is None or cfg.clicks_per_round < 1:
+        raise ConfigError(
+            f"unit multiclass needs clicks_per_round, an integer >= 1 (one click per class named), "
+            f"but got clicks_per_round={cfg.clicks_per_round}"
+        )
+    if cfg.num_superpixels is not None and cfg.num_superpixels < 1:
+        raise ConfigError(f"num_superpixels must be an integer >= 1 or null, but got num_superpixels={cfg.num_superpixels}")
+    if cfg.trim < 0:
+        raise ConfigError(f"trim must be an integer >= 0 (0 = no band), but got trim={cfg.trim}")
+    _positive("nu", cfg.nu, allow_zero=True)
+
+
 def _validate(cfg: ExperimentConfig) -> None:
     """One check per key, each naming the key, the value and what is expected."""
     if not _NAME_RE.match(cfg.experiment) or len(cfg.experiment) > 100:
@@ -340,8 +365,11 @@ def _validate(cfg: ExperimentConfig) -> None:
     if bad_floats:
         name = bad_floats[0]
         raise ConfigError(f"{name} must be a finite number, but got {name}={getattr(cfg, name)}")
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={_shown(cfg.strategy)}")
+    if cfg.unit == "multiclass":
+        _validate_multiclass(cfg)
+    elif cfg.strategy not in STRATEGIES:
+        hint = " (pixbal, bvsb and classbal score superpixels: unit: multiclass)" if cfg.strategy in REGION_STRATEGIES else ""
+        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={_shown(cfg.strategy)}{hint}")
     if cfg.strategy in HYPERBOLIC_STRATEGIES and cfg.geometry != "hyperbolic":
         raise ConfigError(
             f"strategy={cfg.strategy!r} reads the hyperbolic radius and needs geometry='hyperbolic', "

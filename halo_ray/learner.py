@@ -25,9 +25,11 @@ from halo_ray.config import HYPERBOLIC_STRATEGIES, ExperimentConfig
 from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.data.layouts import resolve_layout_root
+from halo_ray.data.superpixels import CachedSuperpixels
 from halo_ray.hyperbolic import radius_map
-from halo_ray.imagesets import DEFAULT_CACHE_BYTES, ImageSet, SparseLabels
+from halo_ray.imagesets import DEFAULT_CACHE_BYTES, ImageSet, RegionTargets, SparseLabels
 from halo_ray.metrics import Evaluation
+from halo_ray.multiclass import REGION_STRATEGIES, batch_class_mean, region_means, region_terms
 from halo_ray.sampling import ClassBalancedSampler
 from halo_ray.training import ProgressFn, Trainer, resolve_device
 
@@ -64,6 +66,25 @@ def open_split(cfg: ExperimentConfig, which: str) -> SegmentationDataset:
     target = open_dataset(cfg.target, cfg.target_path, split=which, void_ids=cfg.void_label_ids, **target_kw)
     # SYNTHIA lacks terrain, truck and train: a SYNTHIA-source run ignores them in the target too
     return SynthiaClassesView(target) if cfg.source == "synthia" else target
+
+
+def superpixel_source(cfg: ExperimentConfig) -> CachedSuperpixels:
+    """Unit multiclass: the target-train superpixels of the run, read from ``superpixel_cache``
+    (:meth:`~halo_ray.data.superpixels.CachedSuperpixels.ensure` fills it)."""
+    return CachedSuperpixels(
+        open_split(cfg, "train"), cfg.superpixel_cache, method=cfg.superpixels, num_superpixels=cfg.num_superpixels
+    )
+
+
+def ensure_superpixels(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
+    """Unit multiclass: compute the target-train superpixels the cache lacks (valid files are reused)."""
+    train = open_split(cfg, "train")
+    source = superpixel_source(cfg)
+    t0 = time.perf_counter()
+    report = source.ensure(train)
+    if report.computed:
+        log(f"superpixels ({cfg.superpixels}): {report.computed} computed, {report.cached} cached in "
+            f"{time.perf_counter() - t0:.1f}s | {report.folder}")
 
 
 @dataclass
@@ -180,7 +201,10 @@ class Learner:
                 len(CITYSCAPES_CLASSES), cfg.seed,
             )
         self._shapes: list[tuple[int, int]] | None = None
-        self._target_labels: SparseLabels | None = None
+        self._target_labels: SparseLabels | RegionTargets | None = None
+        #: unit multiclass: the target-train superpixels (filled ahead by the run) and region counts
+        self._superpixels = superpixel_source(cfg) if cfg.unit == "multiclass" else None
+        self._region_counts: list[int] | None = None
 
     # -- facts -----------------------------------------------------------------------
     def target_shapes(self) -> list[tuple[int, int]]:
@@ -192,6 +216,14 @@ class Learner:
 
     def target_names(self) -> list[str]:
         return list(self.data.target_train.names)
+
+    def region_counts(self) -> list[int]:
+        """Unit multiclass: superpixels per target-train image (max id + 1), in index order."""
+        if self._superpixels is None:
+            raise ValueError("region_counts needs unit: multiclass")
+        if self._region_counts is None:
+            self._region_counts = [int(self._superpixels(i).max()) + 1 for i in range(len(self._superpixels))]
+        return list(self._region_counts)
 
     def curvature(self) -> float | None:
         """The ball's current c (learned or fixed); None for the Euclidean head."""
@@ -232,6 +264,19 @@ class Learner:
         if self._target_labels is None:
             self._target_labels = SparseLabels(self.target_shapes())
         self._target_labels.add(revealed)
+
+    def set_answers(self, answers: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Unit multiclass: replace the answered superpixels, ``{index: (answers [R, C+1], selected [R])}``
+        (:meth:`halo_ray.region_pool.RegionPool.targets`); training then uses the stage-1 loss."""
+        self._target_labels = RegionTargets(self._superpixels, len(self.target_shapes()))
+        self.add_answers(answers)
+
+    def add_answers(self, answers: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Unit multiclass: set the answers of some images (a round's, after its reveals)."""
+        if not isinstance(self._target_labels, RegionTargets):
+            self._target_labels = RegionTargets(self._superpixels, len(self.target_shapes()))
+        for index, (table, selected) in answers.items():
+            self._target_labels.set(int(index), table, selected)
 
     def labelled_target_images(self) -> list[int]:
         """Target-train images with at least one revealed non-void pixel (training draws from these)."""
@@ -287,10 +332,50 @@ class Learner:
                         cfg.strategy, probs, ball,
                         curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
                         region_size=cfg.region_size, boundary_window=cfg.boundary_window,
-                        reference=cfg.reference, generator=gen, unit=cfg.unit,
+                        reference=cfg.reference, generator=gen,
+                        unit="region" if cfg.unit == "multiclass" else cfg.unit,  # superpixels average region scores
                     ).cpu()
                 )
         return out
+
+    def _native_logits(self, indices: Sequence[int]):
+        """(index, logits ``[1, K, H, W]`` at the native label size) per image, a batch at a time."""
+        shapes = self.target_shapes()
+        for start in range(0, len(indices), self.cfg.eval_batch_size):
+            batch = list(indices[start : start + self.cfg.eval_batch_size])
+            logits, _, _ = self.trainer.forward_maps(self.data.target_train.images(batch))
+            for j, i in enumerate(batch):
+                yield i, self.trainer.upsample(logits[j : j + 1], shapes[i])
+
+    def class_means(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Unit multiclass, PixBal's pass 1: each image's mean class probability ``[K]``, at
+        temperature 1 on the head's logits (the cosine head folds its temperature in). The run
+        averages them per batch of ``eval_batch_size`` images and then over the batches, the
+        released prior, however the images were split over scorers."""
+        return [batch_class_mean(logits, temperature=1.0).cpu() for _, logits in self._native_logits(indices)]
+
+    def region_terms(
+        self, round_index: int, indices: Sequence[int], prior: torch.Tensor | None, num_regions: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit multiclass: per-region ``(means [n, R], dominant [n, R])`` of ``indices`` under
+        the strategy (:func:`halo_ray.multiclass.region_terms`); a pixel strategy's score map
+        (HALO, RIPU, entropy…) is averaged per superpixel, dominant 0. O(regions) leaves here."""
+        cfg = self.cfg
+        means, dominant = [], []
+        if cfg.strategy in REGION_STRATEGIES:
+            for i, logits in self._native_logits(indices):
+                spx = torch.from_numpy(self._superpixels(i)).unsqueeze(0)
+                m, d = region_terms(
+                    cfg.strategy, logits, spx, temperature=1.0, prior=prior, nu=cfg.nu, num_regions=num_regions
+                )
+                means.append(m.cpu())
+                dominant.append(d.cpu())
+        else:
+            for i, score in zip(indices, self.score(round_index, indices), strict=True):
+                spx = torch.from_numpy(self._superpixels(i)).unsqueeze(0)
+                means.append(region_means(score.unsqueeze(0), spx, num_regions=num_regions))
+                dominant.append(torch.zeros(1, num_regions, dtype=torch.int64))
+        return torch.cat(means), torch.cat(dominant)
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on target-val."""
@@ -324,5 +409,5 @@ class Learner:
 
 __all__ = [
     "Learner", "LogFn", "RunData", "cached_class_presence", "class_presence", "ensure_data", "image_seed",
-    "log_to_stderr", "open_split", "prepare_data",
+    "ensure_superpixels", "log_to_stderr", "open_split", "prepare_data", "superpixel_source",
 ]

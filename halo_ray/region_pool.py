@@ -15,7 +15,7 @@ Pure data code: numpy (and torch tensors in the state dict), no Ray.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ class RegionPool:
         num_classes: C; answers have C + 1 columns (the last: the region holds void).
         trim: border band excluded when reading an answer (released: 5).
         bill_void: charge the void bit as a click (released Cityscapes: yes).
+        shapes: the images' ``(H, W)``, for the labelled share in :meth:`summary`.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class RegionPool:
         num_classes: int = 19,
         trim: int = 5,
         bill_void: bool = True,
+        shapes: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
@@ -86,6 +88,10 @@ class RegionPool:
         self._regions = [np.zeros(0, np.int32) for _ in range(n)]
         self._answers = [np.zeros((0, width), np.uint8) for _ in range(n)]  # packed bits
         self._round = [np.zeros(0, np.uint8) for _ in range(n)]
+        self._size = [np.zeros(0, np.int32) for _ in range(n)]  # pixels of each answered region
+        self._shapes = None if shapes is None else [(int(h), int(w)) for h, w in shapes]
+        if self._shapes is not None and len(self._shapes) != n:
+            raise ValueError(f"shapes holds {len(self._shapes)} images, but num_images={n}")
         self._calls: list[dict[int, AnswerRecord]] = [{} for _ in range(n)]
 
     # ---- labelling --------------------------------------------------------------------------
@@ -119,22 +125,39 @@ class RegionPool:
         if again.size:
             raise ValueError(f"image {index}: regions {again[:5].tolist()} were answered in an earlier round")
         answers = np.zeros((0, self.num_classes + 1), np.uint8)
+        sizes = np.zeros(0, np.int32)
         if ids.size:
-            spx = np.asarray(self._to_numpy(self._superpixels(index)))
-            label = np.asarray(self._to_numpy(self._oracle.labels(index)))
-            if spx.shape != label.shape:
-                raise ValueError(f"image {index}: superpixels {spx.shape} and labels {label.shape} differ in size")
-            num = int(spx.max()) + 1
+            multihot, spx = self._answers_of(index)
+            num = multihot.shape[0]
             if ids.min() < 0 or ids.max() >= num:
                 raise ValueError(f"image {index} has superpixel ids 0..{num - 1}, but regions hold {int(ids.min())}..{int(ids.max())}")
-            multihot, _ = region_labels(label, spx, num_classes=self.num_classes, trim=self.trim)
             answers = multihot[ids]
+            sizes = np.bincount(spx.reshape(-1), minlength=num)[ids].astype(np.int32)
         record = self._charge(round, index, answers)
         self._regions[index] = np.concatenate([self._regions[index], ids.astype(np.int32)])
         self._answers[index] = np.concatenate([self._answers[index], np.packbits(answers, axis=1)])
         self._round[index] = np.concatenate([self._round[index], np.full(ids.size, round, np.uint8)])
+        self._size[index] = np.concatenate([self._size[index], sizes])
         self._calls[index][round] = record
         return record
+
+    def _answers_of(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every region's answer in image ``index`` (from the oracle) and its superpixel map."""
+        spx = np.asarray(self._to_numpy(self._superpixels(index))).astype(np.int64)
+        label = np.asarray(self._to_numpy(self._oracle.labels(index)))
+        if spx.shape != label.shape:
+            raise ValueError(f"image {index}: superpixels {spx.shape} and labels {label.shape} differ in size")
+        multihot, _ = region_labels(label, spx, num_classes=self.num_classes, trim=self.trim)
+        return multihot, spx
+
+    def costs(self, index: int) -> np.ndarray:
+        """What answering each region of image ``index`` would cost, in clicks: int64 ``[R]``.
+
+        The simulation's knowledge, not the annotator's: selection under a click budget uses it
+        to stop before the region that would overspend (the released loop stops after it)."""
+        multihot, _ = self._answers_of(self._check_index(index))
+        billed = multihot if self.bill_void else multihot[:, : self.num_classes]
+        return billed.sum(axis=1, dtype=np.int64)
 
     def _charge(self, round: int, index: int, answers: np.ndarray) -> AnswerRecord:
         """The record of a call: clicks = set bits (the void bit only when billed)."""
@@ -182,9 +205,34 @@ class RegionPool:
         selected[ids] = True
         return table, selected
 
-    def available(self, index: int, num_regions: int) -> np.ndarray:
-        """Regions of image ``index`` still to be shown: bool ``[num_regions]``."""
-        return ~self.targets(index, num_regions)[1]
+    def available(self, index: int, num_regions: int, *, before_round: int | None = None) -> np.ndarray:
+        """Regions of image ``index`` still to be shown: bool ``[num_regions]``. With
+        ``before_round``, regions answered in that round or later count as still to be shown
+        (a resumed round selects again from the pool it started with)."""
+        ids, _, rounds = self.answered(index)
+        if before_round is not None:
+            ids = ids[rounds < before_round]
+        out = np.ones(num_regions, bool)
+        out[ids[ids < num_regions]] = False
+        return out
+
+    def rounds_done(self, index: int) -> list[int]:
+        """Rounds, ascending, for which image ``index`` has a reveal record."""
+        return sorted(self._calls[self._check_index(index)])
+
+    def summary(self) -> dict[str, float | int]:
+        """Totals as one plain dict: ``labelled_pixels`` (pixels of answered regions),
+        ``void_pixels`` (0: a region's void is part of its answer), ``total_pixels``,
+        ``labelled_pct`` and ``clicks``."""
+        labelled = int(sum(int(s.sum(dtype=np.int64)) for s in self._size))
+        total = sum(h * w for h, w in self._shapes) if self._shapes is not None else 0
+        return {
+            "labelled_pixels": labelled,
+            "void_pixels": 0,
+            "total_pixels": total,
+            "labelled_pct": 100.0 * labelled / total if total else float("nan"),
+            "clicks": self.clicks,
+        }
 
     @property
     def num_images(self) -> int:
@@ -211,8 +259,9 @@ class RegionPool:
         return totals
 
     def nbytes(self) -> int:
-        """Bytes of the stored arrays: 4 (id) + ⌈(C+1)/8⌉ (answer) + 1 (round) per answered region."""
-        return sum(a.nbytes for a in self._regions + self._answers + self._round)
+        """Bytes of the stored arrays: 4 (id) + ⌈(C+1)/8⌉ (answer) + 1 (round) + 4 (pixels) per
+        answered region."""
+        return sum(a.nbytes for a in self._regions + self._answers + self._round + self._size)
 
     # ---- checkpointing ----------------------------------------------------------------------
 
@@ -230,6 +279,7 @@ class RegionPool:
             "regions": torch.from_numpy(np.concatenate(self._regions)),
             "answers": torch.from_numpy(np.concatenate(self._answers)),
             "rounds": torch.from_numpy(np.concatenate(self._round)),
+            "sizes": torch.from_numpy(np.concatenate(self._size)),
             "calls": [[r["round"], r["index"]] for r in self.ledger()],
         }
 
@@ -244,15 +294,16 @@ class RegionPool:
         regions = np.asarray(self._to_numpy(state["regions"]), np.int32)
         answers = np.asarray(self._to_numpy(state["answers"]), np.uint8).reshape(-1, self._width)
         rounds = np.asarray(self._to_numpy(state["rounds"]), np.uint8)
-        if len(counts) != self.num_images or not sum(counts) == len(regions) == len(answers) == len(rounds):
+        sizes = np.asarray(self._to_numpy(state["sizes"]), np.int32)
+        if len(counts) != self.num_images or not sum(counts) == len(regions) == len(answers) == len(rounds) == len(sizes):
             raise ValueError("state is inconsistent: per-image counts do not match the stored regions")
         cut = np.cumsum(counts)[:-1]
-        split = [np.split(a, cut) for a in (regions, answers, rounds)]
+        split = [np.split(a, cut) for a in (regions, answers, rounds, sizes)]
         made: list[set[int]] = [set() for _ in range(self.num_images)]
         for r, i in state["calls"]:
             made[self._check_index(int(i))].add(self._check_round(int(r)))
         calls: list[dict[int, AnswerRecord]] = [{} for _ in range(self.num_images)]
-        for i, (ids, packed, rnd) in enumerate(zip(*split, strict=True)):
+        for i, (ids, packed, rnd, _) in enumerate(zip(*split, strict=True)):
             if np.unique(ids).size != ids.size or np.any(np.diff(rnd.astype(int)) < 0):
                 raise ValueError(f"state is inconsistent: image {i} repeats a region or its rounds decrease")
             if not set(np.unique(rnd).tolist()) <= made[i]:
@@ -263,6 +314,7 @@ class RegionPool:
         self._regions = [a.copy() for a in split[0]]
         self._answers = [a.copy() for a in split[1]]
         self._round = [a.copy() for a in split[2]]
+        self._size = [a.copy() for a in split[3]]
         self._calls = calls
 
     def __repr__(self) -> str:

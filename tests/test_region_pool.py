@@ -117,5 +117,5 @@ def test_a_round_selected_under_a_click_budget_spends_at_most_it():
 def test_memory_is_a_few_bytes_per_answered_region():
     pool, *_ = _pool()
     pool.reveal(1, 0, list(range(20)))
-    # 4 (id) + 1 (7 bits packed) + 1 (round)
-    assert pool.nbytes() == 20 * 6
+    # 4 (id) + 1 (7 bits packed) + 1 (round) + 4 (pixels)
+    assert pool.nbytes() == 20 * 10

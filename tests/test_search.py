@@ -362,3 +362,26 @@ def test_two_node_cluster_search_survives_a_killed_worker_node(tmp_path, tiny_co
         assert len(frame) == 2 * 4 and not frame.duplicated(["trial_id", "round"]).any()
     a, b = (frames[k].sort_values(["strategy", "round"]).reset_index(drop=True)[same] for k in ("clean", "killed"))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_session, tmp_path, tiny_config_values):
+    """Unit multiclass through Ray: the pool is a RegionPool actor, PixBal's two passes fan out
+    over 2 scorer actors, and each round spends at most its clicks."""
+    from halo_ray.pool import ArrayOracle
+    from halo_ray.region_pool import RegionPool
+
+    space = _space(
+        tmp_path, tiny_config_values, parameters={"strategy": {"grid": ["pixbal"]}},
+        set={"unit": "multiclass", "clicks_per_round": 30, "superpixels": "grid", "num_superpixels": 32,
+             "log_images": 0, "superpixel_cache": str(tmp_path / "spx")},
+    )
+    storage = tmp_path / "runs"
+    args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6"]
+    assert main(args) == 0
+    frame, state = _final_state(storage, "tiny")
+    assert list(frame["round"]) == [0, 1, 2] and list(frame["click_budget"]) == [0, 30, 60]
+    assert all(0 < b - a <= 30 for a, b in zip(frame["clicks"], frame["clicks"].iloc[1:], strict=False))
+    pool = RegionPool(8, lambda i: np.zeros((64, 128), np.int64), ArrayOracle([np.zeros((64, 128))] * 8),
+                      shapes=[(64, 128)] * 8)
+    pool.load_state_dict(state["pool"])
+    assert pool.clicks == frame["clicks"].iloc[-1]

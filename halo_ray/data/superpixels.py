@@ -49,6 +49,7 @@ __all__ = [
     "CACHE_FORMAT",
     "DEFAULT_CACHE_DIR",
     "METHODS",
+    "CachedSuperpixels",
     "DatasetKey",
     "ImageSource",
     "PrecomputeReport",
@@ -750,3 +751,43 @@ def precompute_superpixels(
         cached=total - computed,
         replaced=replaced,
     )
+
+
+class CachedSuperpixels:
+    """``superpixels(index)`` → int64 ``[H, W]`` of one image set, read from its cache.
+
+    A picklable callable (it rebuilds its :class:`SuperpixelCache` after unpickling), so a
+    label-pool actor and a learner actor read the same files. :meth:`ensure` fills the cache
+    first (:func:`precompute_superpixels`; valid files are reused).
+    """
+
+    def __init__(self, dataset: ImageSource, cache_root: str | Path, *, method: str = "seeds",
+                 num_superpixels: int | None = None) -> None:
+        self.key = DatasetKey.for_dataset(dataset)
+        self.cache_root = Path(cache_root)
+        self.method = method
+        self.num_superpixels = num_superpixels
+        self.names = list(dataset.names)
+        self.shapes = [_shape(dataset.image_size(i)) for i in range(len(dataset))]
+        self._cache: SuperpixelCache | None = None
+
+    @property
+    def cache(self) -> SuperpixelCache:
+        if self._cache is None:
+            self._cache = SuperpixelCache(
+                self.cache_root, dataset_key=self.key, method=self.method, num_superpixels=self.num_superpixels
+            )
+        return self._cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"} | {"_cache": None}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __call__(self, index: int) -> np.ndarray:
+        return self.cache.load(self.names[int(index)], shape=self.shapes[int(index)]).astype(np.int64)
+
+    def ensure(self, dataset: ImageSource, *, progress: Callable[[int, int, bool], None] | None = None) -> PrecomputeReport:
+        """Compute whatever the cache lacks for ``dataset`` (the set this source was built from)."""
+        return precompute_superpixels(dataset, self.cache, progress=progress)

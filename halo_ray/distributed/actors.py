@@ -18,8 +18,10 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from halo_ray.config import ExperimentConfig
-from halo_ray.learner import Learner, open_split
+from halo_ray.data.labels import CITYSCAPES_CLASSES
+from halo_ray.learner import Learner, ensure_superpixels, open_split, superpixel_source
 from halo_ray.pool import DatasetOracle, LabelPool
+from halo_ray.region_pool import RegionPool
 
 #: Seconds the first call to a fresh actor may take (it loads data and builds the model).
 FIRST_CALL_TIMEOUT_S = 600.0
@@ -121,17 +123,32 @@ class FanOutScorer:
         ray.get([s.load_model_state.remote(weights) for s in self._scorers], timeout=self._timeout_s)
         self._synced_round = round_index
 
-    def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Score maps ``[H, W]`` in the order of ``indices``, computed in parallel."""
+    def _fan_out(self, method: str, round_index: int, indices: Sequence[int], *args: Any) -> list[Any]:
+        """``scorer.<method>(round_index, chunk, *args)`` on contiguous chunks, results in order."""
         self.sync(round_index)
         indices = list(indices)
         n = min(len(self._scorers), len(indices))
         bounds = [round(k * len(indices) / n) for k in range(n + 1)] if n else [0]
         refs = [
-            scorer.score.remote(round_index, indices[bounds[k] : bounds[k + 1]])
+            getattr(scorer, method).remote(round_index, indices[bounds[k] : bounds[k + 1]], *args)
             for k, scorer in enumerate(self._scorers[:n])
         ]
-        return [score for chunk in ray.get(refs, timeout=self._timeout_s) for score in chunk]
+        return ray.get(refs, timeout=self._timeout_s)
+
+    def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Score maps ``[H, W]`` in the order of ``indices``, computed in parallel."""
+        return [score for chunk in self._fan_out("score", round_index, indices) for score in chunk]
+
+    def class_means(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Unit multiclass: per-image mean class probabilities (:meth:`Learner.class_means`)."""
+        return [m for chunk in self._fan_out("class_means", round_index, indices) for m in chunk]
+
+    def region_terms(
+        self, round_index: int, indices: Sequence[int], prior: torch.Tensor | None, num_regions: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit multiclass: per-region ``(means, dominant)`` (:meth:`Learner.region_terms`), in order."""
+        parts = self._fan_out("region_terms", round_index, indices, prior, num_regions)
+        return torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
 
 
 @dataclass
@@ -167,11 +184,22 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
     shapes = [(int(h), int(w)) for h, w in (target_train.image_size(i) for i in range(len(target_train)))]
     learner = _learner_actor(learner_cfg, resources, 1)
     scorers = [_learner_actor(learner_cfg, resources, 2 + k) for k in range(resources.scorers)]
-    pool = (
-        ray.remote(LabelPool)
-        .options(num_cpus=0, scheduling_strategy=_pinned(0))
-        .remote(shapes, DatasetOracle(target_train))
-    )
+    if cfg.unit == "multiclass":  # answered superpixels; the cache is filled before any actor reads it
+        ensure_superpixels(cfg, log=lambda _: None)
+        pool = (
+            ray.remote(RegionPool)
+            .options(num_cpus=0, scheduling_strategy=_pinned(0))
+            .remote(
+                len(shapes), superpixel_source(cfg), DatasetOracle(target_train), num_classes=len(CITYSCAPES_CLASSES),
+                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes,
+            )
+        )
+    else:
+        pool = (
+            ray.remote(LabelPool)
+            .options(num_cpus=0, scheduling_strategy=_pinned(0))
+            .remote(shapes, DatasetOracle(target_train))
+        )
     warm = ray.get(
         [learner.target_shapes.remote(), pool.summary.remote(), *(s.target_shapes.remote() for s in scorers)],
         timeout=FIRST_CALL_TIMEOUT_S,

@@ -50,6 +50,8 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("labelled_pct", pa.float64()),
     ("labelled_pixels", pa.int64()),
     ("void_pixels", pa.int64()),
+    ("clicks", pa.int64()),
+    ("click_budget", pa.int64()),
     ("curvature", pa.float64()),
     ("curvature_learned", pa.float64()),
     ("bins", pa.int64()),

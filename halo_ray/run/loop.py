@@ -15,14 +15,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
 import torch
 
 from halo_ray.acquisition import picks_per_round, select_centres
 from halo_ray.config import ConfigError, ExperimentConfig
-from halo_ray.learner import Learner, LogFn, ensure_data, log_to_stderr, open_split
+from halo_ray.data.labels import CITYSCAPES_CLASSES
+from halo_ray.learner import (
+    Learner,
+    LogFn,
+    ensure_data,
+    ensure_superpixels,
+    image_seed,
+    log_to_stderr,
+    open_split,
+    superpixel_source,
+)
 from halo_ray.metrics import Evaluation
+from halo_ray.multiclass import (
+    REGION_STRATEGIES,
+    combine_region_scores,
+    random_scores,
+    select_regions,
+)
 from halo_ray.pool import DatasetOracle, LabelPool
+from halo_ray.region_pool import RegionPool
 from halo_ray.results import atomic_write_bytes, read_results
 from halo_ray.run.checkpointer import (
     CHECKPOINT_FORMAT,
@@ -85,11 +103,21 @@ class ActiveLearningRun:
         )
         self.checkpoints = Checkpointer(cfg, self.out_dir, own=own_checkpoints)
         ensure_data(cfg, log)
+        if cfg.unit == "multiclass":
+            ensure_superpixels(cfg, log)
         self.learner = learner if learner is not None else Learner(cfg, log=log)
         self.shapes = [(int(h), int(w)) for h, w in self.learner.target_shapes()]
-        _check_budget_fits(cfg, self.shapes)
+        self.multiclass = cfg.unit == "multiclass"
+        if not self.multiclass:
+            _check_budget_fits(cfg, self.shapes)
         self.names = self.learner.target_names()
-        self.pool = pool if pool is not None else LabelPool(self.shapes, DatasetOracle(open_split(cfg, "train")))
+        if pool is None:
+            oracle = DatasetOracle(open_split(cfg, "train"))
+            pool = region_pool(cfg, self.shapes, oracle) if self.multiclass else LabelPool(self.shapes, oracle)
+        self.pool = pool
+        #: unit multiclass: superpixels per image and every region's click cost (loaded on first use)
+        self._regions: list[int] | None = None
+        self._costs: np.ndarray | None = None
         self.scorer = scorer if scorer is not None else self.learner
         self.round = 0
         self.step = 0
@@ -147,7 +175,7 @@ class ActiveLearningRun:
         self.recorder.open()
         t0 = time.perf_counter()
         self.learner.load_state_dict(self._source_state_for_run())
-        self.learner.set_target_labels(self.pool.revealed_labels())  # none yet
+        self._give_learner_every_label()  # none yet
         self.step = self.cfg.source_steps
         self.round = 0
         self._finish_round(self.learner.evaluate(), t0)
@@ -157,14 +185,23 @@ class ActiveLearningRun:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.log(f"round {r}/{cfg.rounds}: scoring {len(self.shapes)} target images ({cfg.strategy})")
-        self.select_round(r)
-        summary = self.pool.summary()
-        self.log(
-            f"round {r}/{cfg.rounds}: labelled {summary['labelled_pct']:.3f}% of target pixels "
-            f"({summary['labelled_pixels']} px)"
-        )
-        # the round's new labels, sparse, in one call; the learner builds dense maps per batch
-        self.learner.add_target_labels(self.pool.revealed_labels(rounds=[r]))
+        if self.multiclass:
+            revealed = self.select_round_multiclass(r)
+            summary = self.pool.summary()
+            self.log(
+                f"round {r}/{cfg.rounds}: {summary['clicks']} clicks of {r * cfg.clicks_per_round} allowed so far; "
+                f"answered superpixels cover {summary['labelled_pct']:.3f}% of target pixels"
+            )
+            self.learner.add_answers({i: self.pool.targets(i, self._regions[i]) for i in revealed})
+        else:
+            self.select_round(r)
+            summary = self.pool.summary()
+            self.log(
+                f"round {r}/{cfg.rounds}: labelled {summary['labelled_pct']:.3f}% of target pixels "
+                f"({summary['labelled_pixels']} px)"
+            )
+            # the round's new labels, sparse, in one call; the learner builds dense maps per batch
+            self.learner.add_target_labels(self.pool.revealed_labels(rounds=[r]))
         self._train_round(r)
         self.round = r
         self._finish_round(self.learner.evaluate(), t0)
@@ -207,6 +244,68 @@ class ActiveLearningRun:
                 [self.pool.round_map(i) for i in shown],
             )
 
+    def _region_facts(self) -> tuple[list[int], np.ndarray]:
+        """Unit multiclass: superpixels per image and each region's click cost ``[N, R]`` (0 past
+        an image's own regions), read once per run."""
+        if self._regions is None:
+            self._regions = [int(n) for n in self.learner.region_counts()]
+            costs = np.zeros((len(self.shapes), max(self._regions)), np.int64)
+            for i in range(len(self.shapes)):
+                costs[i, : self._regions[i]] = self.pool.costs(i)
+            self._costs = costs
+        return self._regions, self._costs
+
+    def select_round_multiclass(self, r: int) -> list[int]:
+        """Unit multiclass: score every region of the pool, pick the best until the round's
+        click budget (``clicks_per_round``) is spent, and show them to the annotator.
+
+        The ranking runs over the whole pool at once (PixBal's prior and BvSB's normalisation
+        are pool statistics); regions answered in earlier rounds are out. A resumed round ranks
+        the same pool again, so its picks, and the pool's idempotent reveals, repeat. Returns
+        the images that got answers this round.
+        """
+        cfg = self.cfg
+        regions, costs = self._region_facts()
+        n, width = costs.shape
+        available = np.zeros((n, width), bool)
+        for i in range(n):
+            available[i, : regions[i]] = self.pool.available(i, regions[i], before_round=r)
+        chunk = max(cfg.eval_batch_size, 1) * 4
+        batches = [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
+        if cfg.strategy == "random":
+            gen = torch.Generator().manual_seed(image_seed(cfg.seed, r, 0))
+            scores = random_scores((n, width), gen)
+        else:
+            prior = None
+            if cfg.strategy == "pixbal":  # the mean of per-batch mean probabilities (released pass 1)
+                per_image = torch.stack([m for b in batches for m in self.scorer.class_means(r, b)])
+                step = max(cfg.eval_batch_size, 1)
+                prior = torch.stack([per_image[s : s + step].mean(0) for s in range(0, n, step)]).mean(0)
+            parts = [self.scorer.region_terms(r, b, prior, width) for b in batches]
+            means, dominant = torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
+            if cfg.strategy in REGION_STRATEGIES:
+                # our models have no "undefined" output: no channel to ban
+                scores = combine_region_scores(cfg.strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES),
+                                               ban_void=False)
+            else:
+                scores = means
+        order, clicks = select_regions(
+            scores, costs[..., None], budget=cfg.clicks_per_round, available=available, reference=cfg.reference
+        )
+        revealed = sorted(set(order[:, 0].tolist()))
+        for i in revealed:
+            self.pool.reveal(r, i, order[order[:, 0] == i, 1])
+        return revealed
+
+    def _give_learner_every_label(self) -> None:
+        """Hand the learner every label revealed so far (a fresh start, or a resume)."""
+        if self.multiclass:
+            regions, _ = self._region_facts()
+            answered = [i for i in range(len(self.shapes)) if self.pool.rounds_done(i)]
+            self.learner.set_answers({i: self.pool.targets(i, regions[i]) for i in answered})
+        else:
+            self.learner.set_target_labels(self.pool.revealed_labels())  # every round so far, sparse
+
     def _train_round(self, r: int) -> None:
         """Train round ``r``'s steps on source + every revealed label, in the loop's schedule,
         validating every ``eval_every`` global steps."""
@@ -244,8 +343,11 @@ class ActiveLearningRun:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""
         self.wall_s += time.perf_counter() - t0
         self._track_best(ev, self.step, self.round)
+        summary = self.pool.summary()
+        if self.multiclass:
+            summary = {**summary, "click_budget": self.round * self.cfg.clicks_per_round}
         self.last_row = row = self.recorder.row(
-            ev, round_index=self.round, step=self.step, pool_summary=self.pool.summary(),
+            ev, round_index=self.round, step=self.step, pool_summary=summary,
             curvature_learned=self.learner.curvature(), best=self.best, wall_s=self.wall_s,
         )
         self.recorder.write_row(row, self.step)
@@ -288,7 +390,7 @@ class ActiveLearningRun:
         check_same_config(self.cfg, state["config"], origin)
         self.learner.load_state_dict(state["learner"])
         self.pool.load_state_dict(state["pool"])
-        self.learner.set_target_labels(self.pool.revealed_labels())  # every round so far, sparse
+        self._give_learner_every_label()
         torch.set_rng_state(state["torch_rng"])
         self.round = int(state["round"])
         self.step = int(state["step"])
@@ -319,6 +421,14 @@ class ActiveLearningRun:
         if self._source_state is None:
             self._source_state = source_checkpoint(self.cfg, self.learner, self.log)
         return self._source_state
+
+
+def region_pool(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]], oracle: DatasetOracle) -> RegionPool:
+    """Unit multiclass: the pool of answered superpixels over the run's target-train images."""
+    return RegionPool(
+        len(shapes), superpixel_source(cfg), oracle, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim,
+        bill_void=cfg.bill_void, shapes=shapes,
+    )
 
 
 def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:

@@ -77,6 +77,9 @@ class Recorder:
             "labelled_pct": float(pool_summary["labelled_pct"]),
             "labelled_pixels": int(pool_summary["labelled_pixels"]),
             "void_pixels": int(pool_summary["void_pixels"]),
+            # unit multiclass: clicks spent so far and allowed so far (null for the pixel units)
+            "clicks": pool_summary.get("clicks"),
+            "click_budget": pool_summary.get("click_budget"),
             "curvature_learned": float(curvature_learned) if curvature_learned is not None else None,
             "miou": ev.miou,
             "miou13": finite_or_none(ev.miou13),

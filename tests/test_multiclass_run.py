@@ -1,0 +1,99 @@
+"""Runs with the multi-class label query (unit: multiclass): clicks within budget, answers from
+ground truth, rows that carry clicks, and resumes that repeat the uninterrupted run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from halo_ray.config import ConfigError, build_config
+from halo_ray.data import open_dataset
+from halo_ray.data.superpixels import CachedSuperpixels
+from halo_ray.multiclass import region_labels
+from halo_ray.run import ActiveLearningRun, load_checkpoint, run_experiment
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _values(tiny_config_values, tmp_path, **extra):
+    return {
+        **tiny_config_values, "unit": "multiclass", "strategy": "pixbal", "clicks_per_round": 40,
+        "superpixels": "grid", "num_superpixels": 32, "geometry": "cosine", "log_images": 0,
+        "superpixel_cache": str(tmp_path / "spx"), **extra,
+    }
+
+
+@pytest.mark.parametrize("strategy", ["pixbal", "classbal", "halo_radius", "random"])
+def test_a_multiclass_run_spends_its_clicks_and_records_them(tiny_config_values, tmp_path, strategy):
+    geometry = "hyperbolic" if strategy == "halo_radius" else "cosine"
+    cfg = build_config(_values(tiny_config_values, tmp_path, strategy=strategy, geometry=geometry))
+    out = tmp_path / "run"
+    rows = run_experiment(cfg, out, log=_quiet, tensorboard=False)
+    assert rows["round"].tolist() == [0, 1, 2, 3]
+    assert rows["unit"].tolist() == ["multiclass"] * 4
+    assert rows["click_budget"].tolist() == [0, 40, 80, 120]
+    clicks = rows["clicks"].tolist()
+    assert clicks[0] == 0 and all(c <= b for c, b in zip(clicks, rows["click_budget"], strict=True))
+    assert all(b - a > 0 for a, b in zip(clicks, clicks[1:], strict=False))  # every round spent some
+    # the pool's answers are the ground truth's, one click per class named (void billed)
+    pool = load_checkpoint(out / "checkpoints" / "round_003.pt")["pool"]
+    target = open_dataset("cityscapes", cfg.target_path, split="train")
+    source = CachedSuperpixels(target, cfg.superpixel_cache, method="grid", num_superpixels=32)
+    counts = pool["counts"].tolist()
+    regions = np.split(pool["regions"].numpy(), np.cumsum(counts)[:-1])
+    answers = np.split(np.unpackbits(pool["answers"].numpy(), axis=1, count=20), np.cumsum(counts)[:-1])
+    spent = 0
+    for i, (ids, got) in enumerate(zip(regions, answers, strict=True)):
+        want, _ = region_labels(target.load_label(i), source(i), num_classes=19, trim=cfg.trim)
+        np.testing.assert_array_equal(got, want[ids])
+        assert np.unique(ids).size == ids.size  # never answered twice
+        spent += int(got.sum())
+    assert spent == clicks[-1]
+
+
+def test_reference_keeps_the_released_overshoot(tiny_config_values, tmp_path):
+    per_round = {}
+    for reference in (False, True):
+        cfg = build_config(_values(tiny_config_values, tmp_path, reference=reference, rounds=1,
+                                   source_cache=str(tmp_path / "cache")))
+        rows = run_experiment(cfg, tmp_path / f"run{reference}", log=_quiet, tensorboard=False)
+        per_round[reference] = int(rows["clicks"].iloc[-1])
+    assert per_round[False] <= 40 < per_round[True]
+
+
+def test_a_killed_multiclass_run_resumes_to_the_same_state(tiny_config_values, tmp_path):
+    cfg = build_config(_values(tiny_config_values, tmp_path))
+    full = run_experiment(cfg, tmp_path / "full", log=_quiet, tensorboard=False)
+    part = ActiveLearningRun(cfg, tmp_path / "part", log=_quiet, tensorboard=False)
+    part.start_or_resume(False)
+    part.run_round(1)  # then the process "dies"
+    resumed = ActiveLearningRun(cfg, tmp_path / "part", log=_quiet, tensorboard=False).execute(resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "round_003.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "round_003.pt")
+    for key, value in a["pool"].items():
+        assert torch.equal(value, b["pool"][key]) if isinstance(value, torch.Tensor) else value == b["pool"][key], key
+    for name, tensor in a["learner"]["trainer"]["model"].items():
+        assert torch.equal(tensor, b["learner"]["trainer"]["model"][name]), name
+    cols = ["round", "clicks", "click_budget", "labelled_pct", "miou"]
+    pd.testing.assert_frame_equal(full[cols], resumed[cols])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"clicks_per_round": None}, "unit multiclass needs clicks_per_round"),
+        ({"clicks_per_round": 0}, "unit multiclass needs clicks_per_round"),
+        ({"strategy": "margins"}, "unit multiclass: strategy must be one of"),
+        ({"trim": -1}, "trim must be an integer >= 0"),
+        ({"num_superpixels": 0}, "num_superpixels must be an integer >= 1"),
+    ],
+)
+def test_bad_multiclass_settings_are_named(tiny_config_values, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(_values(tiny_config_values, tmp_path, **extra))
+    with pytest.raises(ConfigError, match="pixbal, bvsb and classbal score superpixels"):
+        build_config({**tiny_config_values, "strategy": "pixbal"})
