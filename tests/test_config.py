@@ -47,7 +47,7 @@ def test_overrides_are_typed_and_applied(tmp_path):
         ("curvature", -1.0, "curvature=-1.0"),
         ("suppression", 10, "suppression=10"),
         ("strategy", "bald", "strategy must be one of"),
-        ("unit", "superpixel", "unit must be one of ['region', 'pixel']"),
+        ("unit", "superpixel", "unit must be one of ['region', 'pixel', 'multiclass']"),
         ("rounds", -1, "rounds=-1"),
     ],
 )
