@@ -331,6 +331,10 @@ class RegionTargets:
         """Indices (ascending, int64) of the images with at least one answered region."""
         return np.asarray(sorted(self._answers), np.int64)
 
+    def entry(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``index``'s answer table ``[R, K]`` and selected mask ``[R]``."""
+        return self._answers[int(index)], self._selected[int(index)]
+
     def batch(self, indices: Sequence[int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(superpixels int64 [B, h, w], answers uint8 [B, R, K], selected bool [B, R])`` at
         ``size=(h, w)``; R is the largest region count of the batch (tables padded with

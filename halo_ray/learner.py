@@ -29,7 +29,13 @@ from halo_ray.data.superpixels import CachedSuperpixels
 from halo_ray.hyperbolic import radius_map
 from halo_ray.imagesets import DEFAULT_CACHE_BYTES, ImageSet, RegionTargets, SparseLabels
 from halo_ray.metrics import Evaluation
-from halo_ray.multiclass import REGION_STRATEGIES, batch_class_mean, region_means, region_terms
+from halo_ray.multiclass import (
+    REGION_STRATEGIES,
+    batch_class_mean,
+    pseudo_labels,
+    region_means,
+    region_terms,
+)
 from halo_ray.sampling import ClassBalancedSampler
 from halo_ray.training import ProgressFn, Trainer, resolve_device
 
@@ -376,6 +382,36 @@ class Learner:
                 means.append(region_means(score.unsqueeze(0), spx, num_regions=num_regions))
                 dominant.append(torch.zeros(1, num_regions, dtype=torch.int64))
         return torch.cat(means), torch.cat(dominant)
+
+    def pseudo_label_stats(self) -> dict[str, int]:
+        """Unit multiclass: how good stage-2 pseudo labels from the current model would be.
+
+        For every image with answers, :func:`halo_ray.multiclass.pseudo_labels` at the native
+        label size (features: the head's embeddings; probabilities: softmax of the raw logits,
+        the cosine head's ``logits · temperature``), compared with ground truth (measurement
+        only, never trained on). Returns pixel counts: ``labelled`` (with a pseudo label),
+        ``judged`` (of those, not void in ground truth), ``right`` (of those, correct),
+        ``total`` (every target-train pixel)."""
+        out = {"labelled": 0, "judged": 0, "right": 0, "total": int(sum(h * w for h, w in self.target_shapes()))}
+        if not isinstance(self._target_labels, RegionTargets):
+            return out
+        scale = self.cfg.temperature if self.cfg.geometry == "cosine" else 1.0
+        shapes = self.target_shapes()
+        for i in self._target_labels.labelled_images().tolist():
+            logits, emb, _ = self.trainer.forward_maps(self.data.target_train.images([i]))
+            size = shapes[i]
+            z = self.trainer.upsample(logits, size)[0] * scale
+            feats = self.trainer.upsample(emb.float(), size)[0]
+            table, selected = self._target_labels.entry(i)
+            answers = torch.from_numpy(table[:, : z.shape[0]])
+            labels = pseudo_labels(feats, z, answers, torch.from_numpy(self._superpixels(i)), torch.from_numpy(selected))
+            truth = torch.from_numpy(np.asarray(self.data.target_train.items([i], image=False)[0][1]).astype(np.int64))
+            given = labels != 255
+            judged = given & (truth != 255)
+            out["labelled"] += int(given.sum())
+            out["judged"] += int(judged.sum())
+            out["right"] += int((judged & (labels == truth)).sum())
+        return out
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on target-val."""

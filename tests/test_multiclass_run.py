@@ -53,6 +53,12 @@ def test_a_multiclass_run_spends_its_clicks_and_records_them(tiny_config_values,
         assert np.unique(ids).size == ids.size  # never answered twice
         spent += int(got.sum())
     assert spent == clicks[-1]
+    # pseudo labels: every pixel of an answered region with a class gets one, some beyond
+    coverage, precision = rows["pseudo_coverage"].tolist(), rows["pseudo_precision"].tolist()
+    assert coverage[0] == 0.0 and (precision[0] is None or np.isnan(precision[0]))
+    inside = sum(int(np.isin(source(i), ids[got[:, :19].any(1)]).sum()) for i, (ids, got) in enumerate(zip(regions, answers, strict=True)))
+    assert coverage[-1] >= inside / (8 * 64 * 128) > 0
+    assert 0 < precision[-1] <= 1
 
 
 def test_reference_keeps_the_released_overshoot(tiny_config_values, tmp_path):

@@ -52,6 +52,8 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("void_pixels", pa.int64()),
     ("clicks", pa.int64()),
     ("click_budget", pa.int64()),
+    ("pseudo_coverage", pa.float64()),
+    ("pseudo_precision", pa.float64()),
     ("curvature", pa.float64()),
     ("curvature_learned", pa.float64()),
     ("bins", pa.int64()),

@@ -345,7 +345,13 @@ class ActiveLearningRun:
         self._track_best(ev, self.step, self.round)
         summary = self.pool.summary()
         if self.multiclass:
-            summary = {**summary, "click_budget": self.round * self.cfg.clicks_per_round}
+            stats = self.learner.pseudo_label_stats()
+            summary = {
+                **summary,
+                "click_budget": self.round * self.cfg.clicks_per_round,
+                "pseudo_coverage": stats["labelled"] / stats["total"] if stats["total"] else None,
+                "pseudo_precision": stats["right"] / stats["judged"] if stats["judged"] else None,
+            }
         self.last_row = row = self.recorder.row(
             ev, round_index=self.round, step=self.step, pool_summary=summary,
             curvature_learned=self.learner.curvature(), best=self.best, wall_s=self.wall_s,

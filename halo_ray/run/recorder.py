@@ -80,6 +80,8 @@ class Recorder:
             # unit multiclass: clicks spent so far and allowed so far (null for the pixel units)
             "clicks": pool_summary.get("clicks"),
             "click_budget": pool_summary.get("click_budget"),
+            "pseudo_coverage": pool_summary.get("pseudo_coverage"),
+            "pseudo_precision": pool_summary.get("pseudo_precision"),
             "curvature_learned": float(curvature_learned) if curvature_learned is not None else None,
             "miou": ev.miou,
             "miou13": finite_or_none(ev.miou13),
