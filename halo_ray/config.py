@@ -126,6 +126,7 @@ class ExperimentConfig:
     num_superpixels: int | None = key(None, "acquisition", "unit multiclass: superpixels per image; null = 2048 at 2048x1024, scaled by area", hparam=True)
     trim: int = key(5, "acquisition", "unit multiclass: border band (px) left out when an answer is read from ground truth", hparam=True)
     bill_void: bool = key(True, "acquisition", "unit multiclass: a region holding void costs a click for it (released Cityscapes)", hparam=True)
+    stage2_steps: int = key(0, "training", "unit multiclass: steps of the stage-2 model (anew from the source model, on pseudo labels) after each round; 0 = no stage 2", hparam=True)
     nu: float = key(6.0, "acquisition", "unit multiclass: PixBal's class-weight coefficient (released Cityscapes 6, VOC 12)", hparam=True)
     reference: bool = key(False, "acquisition", "the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above", column=True, hparam=True, source="special")
 
@@ -350,6 +351,8 @@ def _validate_multiclass(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"num_superpixels must be an integer >= 1 or null, but got num_superpixels={cfg.num_superpixels}")
     if cfg.trim < 0:
         raise ConfigError(f"trim must be an integer >= 0 (0 = no band), but got trim={cfg.trim}")
+    if cfg.stage2_steps < 0:
+        raise ConfigError(f"stage2_steps must be an integer >= 0 (0 = no stage 2), but got stage2_steps={cfg.stage2_steps}")
     _positive("nu", cfg.nu, allow_zero=True)
 
 

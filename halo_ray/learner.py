@@ -7,6 +7,7 @@ run and, wrapped with ``ray.remote``, a Ray trainer actor that holds the model o
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -383,28 +384,30 @@ class Learner:
                 dominant.append(torch.zeros(1, num_regions, dtype=torch.int64))
         return torch.cat(means), torch.cat(dominant)
 
-    def pseudo_label_stats(self) -> dict[str, int]:
-        """Unit multiclass: how good stage-2 pseudo labels from the current model would be.
-
-        For every image with answers, :func:`halo_ray.multiclass.pseudo_labels` at the native
-        label size (features: the head's embeddings; probabilities: softmax of the raw logits,
-        the cosine head's ``logits · temperature``), compared with ground truth (measurement
-        only, never trained on). Returns pixel counts: ``labelled`` (with a pseudo label),
-        ``judged`` (of those, not void in ground truth), ``right`` (of those, correct),
-        ``total`` (every target-train pixel)."""
-        out = {"labelled": 0, "judged": 0, "right": 0, "total": int(sum(h * w for h, w in self.target_shapes()))}
-        if not isinstance(self._target_labels, RegionTargets):
-            return out
+    def _pseudo_maps(self):
+        """(index, pseudo labels int64 ``[H, W]`` at the native size, 255 = none) of every image
+        with answers, from the current model: :func:`halo_ray.multiclass.pseudo_labels` with the
+        head's embeddings as features and the softmax of the raw logits (the cosine head's
+        ``logits · temperature``)."""
         scale = self.cfg.temperature if self.cfg.geometry == "cosine" else 1.0
         shapes = self.target_shapes()
         for i in self._target_labels.labelled_images().tolist():
             logits, emb, _ = self.trainer.forward_maps(self.data.target_train.images([i]))
-            size = shapes[i]
-            z = self.trainer.upsample(logits, size)[0] * scale
-            feats = self.trainer.upsample(emb.float(), size)[0]
+            z = self.trainer.upsample(logits, shapes[i])[0] * scale
+            feats = self.trainer.upsample(emb.float(), shapes[i])[0]
             table, selected = self._target_labels.entry(i)
-            answers = torch.from_numpy(table[:, : z.shape[0]])
-            labels = pseudo_labels(feats, z, answers, torch.from_numpy(self._superpixels(i)), torch.from_numpy(selected))
+            spx = torch.from_numpy(self._superpixels(i))
+            yield i, pseudo_labels(feats, z, torch.from_numpy(table[:, : z.shape[0]]), spx, torch.from_numpy(selected)).cpu()
+
+    def pseudo_label_stats(self) -> dict[str, int]:
+        """Unit multiclass: how good stage-2 pseudo labels from the current model are, against
+        ground truth (measurement only, never trained on). Pixel counts: ``labelled`` (with a
+        pseudo label), ``judged`` (of those, not void in ground truth), ``right`` (of those,
+        correct), ``total`` (every target-train pixel)."""
+        out = {"labelled": 0, "judged": 0, "right": 0, "total": int(sum(h * w for h, w in self.target_shapes()))}
+        if not isinstance(self._target_labels, RegionTargets):
+            return out
+        for i, labels in self._pseudo_maps():
             truth = torch.from_numpy(np.asarray(self.data.target_train.items([i], image=False)[0][1]).astype(np.int64))
             given = labels != 255
             judged = given & (truth != 255)
@@ -412,6 +415,36 @@ class Learner:
             out["judged"] += int(judged.sum())
             out["right"] += int((judged & (labels == truth)).sum())
         return out
+
+    def stage2(self, source_state: dict, steps: int) -> Evaluation | None:
+        """Unit multiclass, stage 2: a model trained anew from ``source_state`` for ``steps``
+        steps on the current model's pseudo labels (plain cross-entropy), evaluated on
+        target-val. The learner comes back exactly as it was (model, optimizer, sampling RNG,
+        answers): as released, stage-2 models never acquire. None without answers."""
+        if not isinstance(self._target_labels, RegionTargets) or steps < 1:
+            return None
+        answered = self._target_labels
+        maps = dict(self._pseudo_maps())
+        shapes = self.target_shapes()
+        flat = [np.flatnonzero(maps[i].numpy().reshape(-1) != 255) if i in maps else np.zeros(0, np.int64)
+                for i in range(len(shapes))]
+        pseudo = SparseLabels.from_revealed({
+            "shapes": shapes,
+            "counts": np.asarray([len(f) for f in flat], np.int64),
+            "flat": np.concatenate(flat).astype(np.int32),
+            "label": np.concatenate([maps[i].numpy().reshape(-1)[flat[i]] for i in range(len(shapes)) if i in maps]
+                                    or [np.zeros(0, np.int64)]).astype(np.uint8),
+        })
+        saved = copy.deepcopy(self.state_dict())
+        try:
+            self.load_state_dict(source_state)
+            self.trainer.reset_optimizer()
+            self._target_labels = pseudo
+            self.train(steps, start_step=0, total_steps=steps, use_target=True)
+            return self.evaluate()
+        finally:
+            self.load_state_dict(saved)
+            self._target_labels = answered
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on target-val."""

@@ -103,3 +103,24 @@ def test_bad_multiclass_settings_are_named(tiny_config_values, tmp_path, extra, 
         build_config(_values(tiny_config_values, tmp_path, **extra))
     with pytest.raises(ConfigError, match="pixbal, bvsb and classbal score superpixels"):
         build_config({**tiny_config_values, "strategy": "pixbal"})
+
+
+def test_stage_two_models_are_recorded_and_leave_stage_one_untouched(tiny_config_values, tmp_path):
+    """stage2_steps > 0: each round also trains a model anew from the source on the pseudo
+    labels and records its mIoU; the stage-1 run (its acquisition, model and rows) is exactly
+    the run without stage 2, as released (stage-2 models never acquire)."""
+    rows = {}
+    for steps in (0, 4):
+        cfg = build_config(_values(tiny_config_values, tmp_path, rounds=2, stage2_steps=steps,
+                                   source_cache=str(tmp_path / "cache")))
+        rows[steps] = run_experiment(cfg, tmp_path / f"run{steps}", log=_quiet, tensorboard=False)
+    assert rows[0]["miou_stage2"].isna().all()
+    assert rows[4]["miou_stage2"].isna().tolist() == [True, False, False]  # round 0 has no answers
+    assert (rows[4]["miou_stage2"].iloc[1:] > 0).all()
+    cols = ["round", "clicks", "labelled_pct", "miou", "pixel_acc", "pseudo_coverage", "pseudo_precision"]
+    pd.testing.assert_frame_equal(rows[0][cols], rows[4][cols])
+    a = load_checkpoint(tmp_path / "run0" / "checkpoints" / "round_002.pt")["learner"]
+    b = load_checkpoint(tmp_path / "run4" / "checkpoints" / "round_002.pt")["learner"]
+    for name, tensor in a["trainer"]["model"].items():
+        assert torch.equal(tensor, b["trainer"]["model"][name]), name
+    assert torch.equal(a["generator"], b["generator"])

@@ -67,6 +67,7 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("reference", pa.bool_()),
     ("miou", pa.float64()),
     ("miou13", pa.float64()),
+    ("miou_stage2", pa.float64()),
     ("best_miou", pa.float64()),
     ("best_step", pa.int64()),
     ("pixel_acc", pa.float64()),

@@ -272,20 +272,21 @@ class ActiveLearningRun:
             available[i, : regions[i]] = self.pool.available(i, regions[i], before_round=r)
         chunk = max(cfg.eval_batch_size, 1) * 4
         batches = [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
-        if cfg.strategy == "random":
+        strategy = "random" if cfg.reference and r == 1 else cfg.strategy  # the released first round is random
+        if strategy == "random":
             gen = torch.Generator().manual_seed(image_seed(cfg.seed, r, 0))
             scores = random_scores((n, width), gen)
         else:
             prior = None
-            if cfg.strategy == "pixbal":  # the mean of per-batch mean probabilities (released pass 1)
+            if strategy == "pixbal":  # the mean of per-batch mean probabilities (released pass 1)
                 per_image = torch.stack([m for b in batches for m in self.scorer.class_means(r, b)])
                 step = max(cfg.eval_batch_size, 1)
                 prior = torch.stack([per_image[s : s + step].mean(0) for s in range(0, n, step)]).mean(0)
             parts = [self.scorer.region_terms(r, b, prior, width) for b in batches]
             means, dominant = torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
-            if cfg.strategy in REGION_STRATEGIES:
+            if strategy in REGION_STRATEGIES:
                 # our models have no "undefined" output: no channel to ban
-                scores = combine_region_scores(cfg.strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES),
+                scores = combine_region_scores(strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES),
                                                ban_void=False)
             else:
                 scores = means
@@ -352,6 +353,9 @@ class ActiveLearningRun:
                 "pseudo_coverage": stats["labelled"] / stats["total"] if stats["total"] else None,
                 "pseudo_precision": stats["right"] / stats["judged"] if stats["judged"] else None,
             }
+            if self.cfg.stage2_steps and self.round > 0:
+                stage2 = self.learner.stage2(self._source_state_for_run(), self.cfg.stage2_steps)
+                summary["miou_stage2"] = stage2.miou if stage2 is not None else None
         self.last_row = row = self.recorder.row(
             ev, round_index=self.round, step=self.step, pool_summary=summary,
             curvature_learned=self.learner.curvature(), best=self.best, wall_s=self.wall_s,

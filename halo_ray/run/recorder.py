@@ -85,6 +85,7 @@ class Recorder:
             "curvature_learned": float(curvature_learned) if curvature_learned is not None else None,
             "miou": ev.miou,
             "miou13": finite_or_none(ev.miou13),
+            "miou_stage2": pool_summary.get("miou_stage2"),  # unit multiclass with stage2_steps
             "best_miou": finite_or_none(best["miou"]) if best is not None else None,
             "best_step": int(best["step"]) if best is not None else None,
             "pixel_acc": ev.pixel_acc,
