@@ -3,7 +3,9 @@
 At Cityscapes size (1024×2048, 2048 superpixels of 32×32 px), side by side in one run:
 region answers (``region_labels`` against the released per-region ``np.unique`` loop),
 PixBal scoring + selection (against per-region means and Python's ``sorted`` with the
-released budget loop) and stage-2 pseudo labels (against the released per-region loops).
+released budget loop), stage-2 pseudo labels (against the released per-region loops), and
+the label pool's memory per image after 5 released Cityscapes rounds (100k clicks each over
+2975 images) against the released dense answer tables.
 The "released" versions are tests/released_multiclass.py, which the tests check ours against.
 
     python benchmarks/multiclass.py [--images 2] [--selected 40]
@@ -97,6 +99,31 @@ def main() -> None:
         f"pseudo labels, one image, {args.selected} labelled regions: ours {t_ours:.3f} s, "
         f"released loops {t_ref:.2f} s: {t_ref / t_ours:.0f}x"
     )
+    pool_memory()
+
+
+def pool_memory(rounds: int = 5, clicks_per_round: int = 100_000, images: int = 2975) -> None:
+    """Bytes per image of a RegionPool after ``rounds`` released rounds, against the released
+    dense ``multi_hot_cls`` uint8 ``[nseg, C+1]`` + ``sp_size`` int32 ``[nseg]`` per image."""
+    from halo_ray.pool import ArrayOracle
+    from halo_ray.region_pool import RegionPool
+
+    rng = np.random.default_rng(0)
+    spx = seeds_initial_grid(H, W).astype(np.int64)
+    r = int(spx.max()) + 1
+    coarse = rng.integers(0, 19, size=(H // 48 + 1, W // 48 + 1))  # 48-px class blocks: 1-4 classes a region
+    label = np.kron(coarse, np.ones((48, 48), np.int64))[:H, :W].astype(np.uint8)
+    answers, _ = region_labels(label, spx, num_classes=19, trim=5)
+    per_region = float(answers.sum(1).mean())
+    regions = round(rounds * clicks_per_round / per_region / images)  # answered regions per image
+    pool = RegionPool(1, lambda i: spx, ArrayOracle([label]), num_classes=19)
+    order = rng.permutation(r)
+    for k in range(rounds):
+        pool.reveal(k + 1, 0, order[k * regions // rounds : (k + 1) * regions // rounds])
+    ours = pool.nbytes()
+    released = r * 20 + r * 4
+    print(f"pool memory per image after {rounds} rounds ({regions} answered regions, {per_region:.1f} clicks each): "
+          f"ours {ours} B, released tables {released} B: {released / ours:.0f}x less")
 
 
 if __name__ == "__main__":
