@@ -342,8 +342,6 @@ class ActiveLearningRun:
 
     def _finish_round(self, ev: Evaluation, t0: float) -> None:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""
-        self.wall_s += time.perf_counter() - t0
-        self._track_best(ev, self.step, self.round)
         summary = self.pool.summary()
         if self.multiclass:
             stats = self.learner.pseudo_label_stats()
@@ -356,6 +354,8 @@ class ActiveLearningRun:
             if self.cfg.stage2_steps and self.round > 0:
                 stage2 = self.learner.stage2(self._source_state_for_run(), self.cfg.stage2_steps)
                 summary["miou_stage2"] = stage2.miou if stage2 is not None else None
+        self.wall_s += time.perf_counter() - t0  # stage 2 included
+        self._track_best(ev, self.step, self.round)
         self.last_row = row = self.recorder.row(
             ev, round_index=self.round, step=self.step, pool_summary=summary,
             curvature_learned=self.learner.curvature(), best=self.best, wall_s=self.wall_s,
