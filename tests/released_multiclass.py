@@ -13,8 +13,12 @@ import warnings
 import numpy as np
 import torch
 from scipy.ndimage import binary_dilation as nd_dilation
-from skimage.morphology import binary_dilation
 from skimage.segmentation import find_boundaries
+
+try:  # the released call; deprecated in scikit-image 0.26, to be removed in 0.28
+    from skimage.morphology import binary_dilation
+except ImportError:  # pragma: no cover - newer scikit-image: the same dilation through scipy
+    binary_dilation = nd_dilation
 
 
 def voronoi(h: int, w: int, seeds: int, rng: np.random.Generator) -> np.ndarray:
