@@ -216,6 +216,28 @@ class RegionPool:
         out[ids[ids < num_regions]] = False
         return out
 
+    def costs_of(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """:meth:`costs` of several images in one call (one actor call per chunk in a search)."""
+        return [self.costs(i) for i in indices]
+
+    def available_table(self, counts: Sequence[int], *, before_round: int | None = None) -> np.ndarray:
+        """:meth:`available` of every image at once: bool ``[N, max(counts)]``, False past an
+        image's own ``counts[i]`` regions."""
+        if len(counts) != self.num_images:
+            raise ValueError(f"counts holds {len(counts)} images, but the pool has {self.num_images}")
+        out = np.zeros((self.num_images, max(counts, default=0)), bool)
+        for i, n in enumerate(counts):
+            out[i, :n] = self.available(i, int(n), before_round=before_round)
+        return out
+
+    def targets_of(self, indices: Sequence[int], counts: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`targets` of several images in one call: ``{index: (answers, selected)}``."""
+        return {int(i): self.targets(int(i), int(counts[int(i)])) for i in indices}
+
+    def answered_images(self) -> list[int]:
+        """Images with at least one reveal call, ascending."""
+        return [i for i, calls in enumerate(self._calls) if calls]
+
     def rounds_done(self, index: int) -> list[int]:
         """Rounds, ascending, for which image ``index`` has a reveal record."""
         return sorted(self._calls[self._check_index(index)])

@@ -119,3 +119,23 @@ def test_memory_is_a_few_bytes_per_answered_region():
     pool.reveal(1, 0, list(range(20)))
     # 4 (id) + 1 (7 bits packed) + 1 (round) + 4 (pixels)
     assert pool.nbytes() == 20 * 10
+
+
+def test_batched_calls_equal_the_per_image_ones():
+    pool, spx, labels, _ = _pool()
+    pool.reveal(1, 0, [2, 5])
+    pool.reveal(2, 0, [7])
+    pool.reveal(2, 2, [1])
+    counts = [25, 25, 25]
+    table = pool.available_table(counts, before_round=2)
+    for i in range(3):
+        np.testing.assert_array_equal(table[i], pool.available(i, 25, before_round=2))
+    assert table[0, 7] and not table[0, 2]  # round 2's own picks are still selectable in round 2
+    assert pool.answered_images() == [0, 2]
+    got = pool.targets_of([0, 2], counts)
+    for i in (0, 2):
+        for a, b in zip(got[i], pool.targets(i, 25), strict=True):
+            np.testing.assert_array_equal(a, b)
+    for i, row in zip([1, 2], pool.costs_of([1, 2]), strict=True):
+        multihot, _ = region_labels(labels[i], spx[i], num_classes=6, trim=0)
+        np.testing.assert_array_equal(row, multihot.sum(1))

@@ -192,7 +192,7 @@ class ActiveLearningRun:
                 f"round {r}/{cfg.rounds}: {summary['clicks']} clicks of {r * cfg.clicks_per_round} allowed so far; "
                 f"answered superpixels cover {summary['labelled_pct']:.3f}% of target pixels"
             )
-            self.learner.add_answers({i: self.pool.targets(i, self._regions[i]) for i in revealed})
+            self.learner.add_answers(self.pool.targets_of(revealed, self._regions))
         else:
             self.select_round(r)
             summary = self.pool.summary()
@@ -250,8 +250,10 @@ class ActiveLearningRun:
         if self._regions is None:
             self._regions = [int(n) for n in self.learner.region_counts()]
             costs = np.zeros((len(self.shapes), max(self._regions)), np.int64)
-            for i in range(len(self.shapes)):
-                costs[i, : self._regions[i]] = self.pool.costs(i)
+            step = 64  # images per pool call
+            for start in range(0, len(self.shapes), step):
+                for i, row in enumerate(self.pool.costs_of(list(range(start, min(start + step, len(self.shapes))))), start):
+                    costs[i, : self._regions[i]] = row
             self._costs = costs
         return self._regions, self._costs
 
@@ -267,9 +269,7 @@ class ActiveLearningRun:
         cfg = self.cfg
         regions, costs = self._region_facts()
         n, width = costs.shape
-        available = np.zeros((n, width), bool)
-        for i in range(n):
-            available[i, : regions[i]] = self.pool.available(i, regions[i], before_round=r)
+        available = self.pool.available_table(regions, before_round=r)
         chunk = max(cfg.eval_batch_size, 1) * 4
         batches = [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
         strategy = "random" if cfg.reference and r == 1 else cfg.strategy  # the released first round is random
@@ -302,8 +302,7 @@ class ActiveLearningRun:
         """Hand the learner every label revealed so far (a fresh start, or a resume)."""
         if self.multiclass:
             regions, _ = self._region_facts()
-            answered = [i for i in range(len(self.shapes)) if self.pool.rounds_done(i)]
-            self.learner.set_answers({i: self.pool.targets(i, regions[i]) for i in answered})
+            self.learner.set_answers(self.pool.targets_of(self.pool.answered_images(), regions))
         else:
             self.learner.set_target_labels(self.pool.revealed_labels())  # every round so far, sparse
 
