@@ -31,7 +31,6 @@ import io
 import json
 import os
 import shlex
-import tempfile
 import threading
 import zipfile
 import zlib
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from halo_ray.atomic import atomic_write_bytes
 from halo_ray.data.layouts import DatasetError
 
 __all__ = [
@@ -330,24 +330,9 @@ def compute_superpixels(
 # the cache
 
 
-_UMASK = os.umask(0o022)  # read once at import (setting it is not thread-safe), then restored
-os.umask(_UMASK)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``, so a
-    reader sees the old file or the whole new one (the pattern of
-    :func:`halo_ray.results.store.atomic_write_bytes`, which the data layer may not import)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide the cache from others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (concurrent and killed writers leave whole files)."""
+    atomic_write_bytes(path, lambda tmp: tmp.write_bytes(data))
 
 
 @dataclass(frozen=True)
@@ -547,7 +532,7 @@ class SuperpixelCache:
                     )
             else:
                 record = dict(self.manifest, created_with=_versions(self.method))
-                _atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
+                _write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
             self._manifest_checked = True
 
     def save(self, name: str, labels: np.ndarray) -> Path:
@@ -564,7 +549,7 @@ class SuperpixelCache:
         stored = labels.astype(np.int16 if small else np.int32, copy=False)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **{_ARRAY_KEY: stored})
-        _atomic_write(path, buffer.getvalue())
+        _write_bytes(path, buffer.getvalue())
         return path
 
 

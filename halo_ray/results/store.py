@@ -8,8 +8,6 @@ own row instead of adding a duplicate.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from halo_ray.atomic import atomic_write_bytes
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 
 
@@ -94,27 +93,6 @@ def row_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
             raise ValueError(f"result row does not match the schema: missing={missing}, unexpected={extra}")
     columns = {name: [row[name] for row in rows] for name in RESULT_COLUMNS}
     return pa.table(columns, schema=RESULT_SCHEMA)
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from others on shared storage
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def round_file(results_dir: Path, trial_id: str, round_index: int) -> Path:
