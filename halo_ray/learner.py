@@ -399,52 +399,55 @@ class Learner:
             spx = torch.from_numpy(self._superpixels(i))
             yield i, pseudo_labels(feats, z, torch.from_numpy(table[:, : z.shape[0]]), spx, torch.from_numpy(selected)).cpu()
 
-    def pseudo_label_stats(self) -> dict[str, int]:
-        """Unit multiclass: how good stage-2 pseudo labels from the current model are, against
-        ground truth (measurement only, never trained on). Pixel counts: ``labelled`` (with a
-        pseudo label), ``judged`` (of those, not void in ground truth), ``right`` (of those,
-        correct), ``total`` (every target-train pixel)."""
-        out = {"labelled": 0, "judged": 0, "right": 0, "total": int(sum(h * w for h, w in self.target_shapes()))}
+    def stage_two(self, source_state: dict | None, steps: int) -> dict[str, float | None]:
+        """Unit multiclass, after a round: the stage-2 pseudo labels of the current model, and
+        with ``source_state`` and ``steps`` > 0 the stage-2 model trained on them.
+
+        The pseudo labels of every image with answers are made once and measured against ground
+        truth (never trained on): ``pseudo_coverage`` (share of all target-train pixels with
+        one) and ``pseudo_precision`` (share of those, ground-truth void left out, that are
+        right). The stage-2 model starts anew from ``source_state`` and trains ``steps`` steps
+        on them (plain cross-entropy); ``miou_stage2`` is its target-val mIoU. The learner comes
+        back exactly as it was (model, optimizer, sampling RNG, answers): as released, stage-2
+        models never acquire. Values are None where there is nothing to measure.
+        """
+        shapes = self.target_shapes()
+        out: dict[str, float | None] = {"pseudo_coverage": 0.0, "pseudo_precision": None, "miou_stage2": None}
         if not isinstance(self._target_labels, RegionTargets):
             return out
-        for i, labels in self._pseudo_maps():
+        maps = dict(self._pseudo_maps())
+        given_px = judged_px = right_px = 0
+        for i, labels in maps.items():
             truth = torch.from_numpy(np.asarray(self.data.target_train.items([i], image=False)[0][1]).astype(np.int64))
             given = labels != 255
             judged = given & (truth != 255)
-            out["labelled"] += int(given.sum())
-            out["judged"] += int(judged.sum())
-            out["right"] += int((judged & (labels == truth)).sum())
-        return out
-
-    def stage2(self, source_state: dict, steps: int) -> Evaluation | None:
-        """Unit multiclass, stage 2: a model trained anew from ``source_state`` for ``steps``
-        steps on the current model's pseudo labels (plain cross-entropy), evaluated on
-        target-val. The learner comes back exactly as it was (model, optimizer, sampling RNG,
-        answers): as released, stage-2 models never acquire. None without answers."""
-        if not isinstance(self._target_labels, RegionTargets) or steps < 1:
-            return None
-        answered = self._target_labels
-        maps = dict(self._pseudo_maps())
-        shapes = self.target_shapes()
+            given_px += int(given.sum())
+            judged_px += int(judged.sum())
+            right_px += int((judged & (labels == truth)).sum())
+        out["pseudo_coverage"] = given_px / sum(h * w for h, w in shapes)
+        out["pseudo_precision"] = right_px / judged_px if judged_px else None
+        if source_state is None or steps < 1 or not maps:
+            return out
         flat = [np.flatnonzero(maps[i].numpy().reshape(-1) != 255) if i in maps else np.zeros(0, np.int64)
                 for i in range(len(shapes))]
         pseudo = SparseLabels.from_revealed({
             "shapes": shapes,
             "counts": np.asarray([len(f) for f in flat], np.int64),
             "flat": np.concatenate(flat).astype(np.int32),
-            "label": np.concatenate([maps[i].numpy().reshape(-1)[flat[i]] for i in range(len(shapes)) if i in maps]
-                                    or [np.zeros(0, np.int64)]).astype(np.uint8),
+            "label": np.concatenate([maps[i].numpy().reshape(-1)[flat[i]] for i in sorted(maps)]).astype(np.uint8),
         })
+        answered = self._target_labels
         saved = copy.deepcopy(self.state_dict())
         try:
             self.load_state_dict(source_state)
             self.trainer.reset_optimizer()
             self._target_labels = pseudo
             self.train(steps, start_step=0, total_steps=steps, use_target=True)
-            return self.evaluate()
+            out["miou_stage2"] = self.evaluate().miou
         finally:
             self.load_state_dict(saved)
             self._target_labels = answered
+        return out
 
     def evaluate(self) -> Evaluation:
         """Metrics of the current model on target-val."""

@@ -457,24 +457,21 @@ def partial_label_losses(
 # stage 2
 
 
-def _first_argmax(
-    values: torch.Tensor, group: torch.Tensor, groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group and column: the max of ``values [M,K]`` over rows and its first row (raster order)."""
+def _first_argmax(values: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per group and column: the first row (raster order) holding the max of ``values [M,K]``."""
     k = values.shape[1]
     best = torch.full((groups, k), float("-inf"), dtype=values.dtype, device=values.device)
     best = best.scatter_reduce(0, group.view(-1, 1).expand(-1, k), values, "amax")
     rows = torch.arange(values.shape[0], device=values.device).view(-1, 1).expand(-1, k)
     hit = torch.where(values == best[group], rows, torch.full_like(rows, values.shape[0]))
     first = torch.full((groups, k), values.shape[0], dtype=torch.int64, device=values.device)
-    first = first.scatter_reduce(0, group.view(-1, 1).expand(-1, k), hit, "amin")
-    return best, first
+    return first.scatter_reduce(0, group.view(-1, 1).expand(-1, k), hit, "amin")
 
 
 def _lower_median(
     values: torch.Tensor, group: torch.Tensor, groups: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group: ``torch.median`` of its values (the lower median) and whether it has any."""
+) -> torch.Tensor:
+    """Per group: ``torch.median`` of its values (the lower median); 1.0 for an empty group."""
     order = torch.sort(values, stable=True).indices
     order = order[torch.sort(group[order], stable=True).indices]
     count = torch.bincount(group, minlength=groups)
@@ -483,7 +480,7 @@ def _lower_median(
     pick = (start + (count - 1).clamp(min=0) // 2)[has]
     median = torch.ones(groups, dtype=values.dtype, device=values.device)
     median[has] = values[order[pick]]
-    return median, has
+    return median
 
 
 def _adjacent_pairs(spx: torch.Tensor, num: int, keep: torch.Tensor) -> torch.Tensor:
@@ -563,7 +560,7 @@ def pseudo_labels(
     inside = torch.nonzero(use[flat_spx]).squeeze(1)  # raster order
     row = slot[flat_spx[inside]]
     # 1. prototypes
-    _, first = _first_argmax(prob[inside], row, regions.numel())
+    first = _first_argmax(prob[inside], row, regions.numel())
     has_proto = mh[regions]  # [S, K]
     proto = f[inside[first.clamp(max=inside.numel() - 1)]]  # [S, K, D]
     proto = proto * has_proto.unsqueeze(2).to(proto.dtype)
@@ -577,7 +574,7 @@ def pseudo_labels(
         .values
     )
     # 3. thresholds per prototype
-    threshold, _ = _lower_median(best_sim, row * k + best_cls, regions.numel() * k)
+    threshold = _lower_median(best_sim, row * k + best_cls, regions.numel() * k)
     threshold = threshold.view(-1, k)
     # 4. expansion over 8-adjacent regions, later regions overwriting
     pairs = _adjacent_pairs(spx, r, use)  # (neighbour id, selected region)

@@ -395,13 +395,11 @@ class Trainer:
         from halo_ray.multiclass import partial_label_losses
 
         images, (superpixels, answers, selected), flip = batch
-        flip = flip[part]
-        x = torch.where(flip.view(-1, 1, 1, 1), images[part].flip(2), images[part])
-        spx = torch.where(flip.view(-1, 1, 1), superpixels[part].flip(2), superpixels[part])
-        logits, _ = self._forward_full(normalize(x.to(self.device)))
+        x, spx = self._batch(images[part], superpixels[part], flip[part])  # superpixels flip as labels do
+        logits, _ = self._forward_full(x)
         k = logits.shape[1]
         terms = partial_label_losses(
-            logits, answers[part][..., :k].to(self.device), spx.to(self.device), selected[part].to(self.device),
+            logits, answers[part][..., :k].to(self.device), spx, selected[part].to(self.device),
             temperature=1.0,
         )
         return terms["total"] / self.cfg.grad_accum

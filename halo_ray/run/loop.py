@@ -343,16 +343,12 @@ class ActiveLearningRun:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""
         summary = self.pool.summary()
         if self.multiclass:
-            stats = self.learner.pseudo_label_stats()
+            stage2 = self.cfg.stage2_steps > 0 and self.round > 0
             summary = {
                 **summary,
                 "click_budget": self.round * self.cfg.clicks_per_round,
-                "pseudo_coverage": stats["labelled"] / stats["total"] if stats["total"] else None,
-                "pseudo_precision": stats["right"] / stats["judged"] if stats["judged"] else None,
+                **self.learner.stage_two(self._source_state_for_run() if stage2 else None, self.cfg.stage2_steps),
             }
-            if self.cfg.stage2_steps and self.round > 0:
-                stage2 = self.learner.stage2(self._source_state_for_run(), self.cfg.stage2_steps)
-                summary["miou_stage2"] = stage2.miou if stage2 is not None else None
         self.wall_s += time.perf_counter() - t0  # stage 2 included
         self._track_best(ev, self.step, self.round)
         self.last_row = row = self.recorder.row(
