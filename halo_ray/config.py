@@ -24,6 +24,7 @@ import yaml
 from halo_ray.acquisition import HYPERBOLIC_STRATEGIES, STRATEGIES
 from halo_ray.data.labels import check_void_ids
 from halo_ray.models import BACKBONES
+from halo_ray.models.backbones import MIN_TRAIN_MICRO_BATCH
 from halo_ray.multiclass import REGION_STRATEGIES
 
 
@@ -94,15 +95,16 @@ class ExperimentConfig:
     target_size: tuple[int, ...] | None = key(None, "data", "[W, H] network input for target images; null = native (papers: 1280x640)", validation=True)
 
     # --- model ------------------------------------------------------------------
-    backbone: str = key("tiny", "model", "one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, mit_b0..mit_b5", source="always", column=True, hparam=True)
+    backbone: str = key("tiny", "model", "one of halo_ray.models.BACKBONES: tiny (CPU), deeplabv2_r101, deeplabv3p_r101, deeplabv3p_r101_sep, deeplabv3p_r50_deepstem (multi-class query), mit_b0..mit_b5", source="always", column=True, hparam=True)
     pretrained: str | None = key(None, "model", "local file of ImageNet weights for the backbone's encoder (never downloaded)", source="always")
     freeze_bn: bool = key(False, "model", "keep every BatchNorm at its (pretrained) statistics, affine parameters frozen", source="always")
     geometry: Literal["hyperbolic", "euclidean", "cosine"] = key("hyperbolic", "model", "head type: hyperbolic (HALO), euclidean, cosine (the multi-class query's classifier)", source="always", column=True, hparam=True)
-    embed_dim: int = key(64, "model", "pixel embedding dimension D", source="always", column=True, hparam=True)
+    embed_dim: int | None = key(64, "model", "pixel embedding dimension D; null = no 1x1 reduction, the head classifies the backbone's features (geometry cosine: the released multi-class model)", source="always", column=True, hparam=True)
     curvature: float = key(1.0, "model", "Poincaré ball curvature c > 0 (initial value if learnable)", source="always", column=True, hparam=True)
     learnable_curvature: bool = key(False, "model", "train c jointly with the network", source="always", hparam=True)
     hfr: bool = key(True, "model", "hyperbolic feature reweighting before expmap0", source="always", column=True, hparam=True)
     temperature: float = key(0.1, "model", "cosine head: logits = cosine / temperature (released multi-class query: 0.1)", source="if_set", hparam=True)
+    undefined_output: bool = key(False, "model", "unit multiclass: one more output, 'undefined', learned from the answers' void bit; regions it dominates are never picked (released Cityscapes)", source="if_set", hparam=True)
     # The next five keys are where the released HALO code's arithmetic differs from our defaults
     # (README "Our defaults and the released code"); null = the released value under reference: true,
     # ours otherwise, and an explicit value wins either way (ablations).
@@ -126,6 +128,7 @@ class ExperimentConfig:
     num_superpixels: int | None = key(None, "acquisition", "unit multiclass: superpixels per image; null = 2048 at 2048x1024, scaled by area", hparam=True)
     trim: int = key(5, "acquisition", "unit multiclass: border band (px) left out when an answer is read from ground truth", hparam=True)
     bill_void: bool = key(True, "acquisition", "unit multiclass: a region holding void costs a click for it (released Cityscapes)", hparam=True)
+    stage1_weights: tuple[float, ...] = key((16.0, 8.0, 1.0), "training", "unit multiclass: weights of the stage-1 terms [CE on one-class regions, merged positive, prototypical pixel] (released 16/8/1; its ablations zero some)", hparam=True)
     stage2_steps: int = key(0, "training", "unit multiclass: steps of the stage-2 model (anew from the source model, on pseudo labels) after each round; 0 = no stage 2", hparam=True)
     nu: float = key(6.0, "acquisition", "unit multiclass: PixBal's class-weight coefficient (released Cityscapes 6, VOC 12)", hparam=True)
     reference: bool = key(False, "acquisition", "the released HALO/RIPU code's arithmetic: scores, picks, and the five keys above", column=True, hparam=True, source="special")
@@ -159,6 +162,7 @@ class ExperimentConfig:
     eval_every: int = key(0, "training", "also validate inside rounds after every N-th global step (HALO: 500); 0 = round ends only", validation=True)
     keep_best: bool = key(False, "training", "save the weights of the best validation (best_miou / best_step columns always)")
     source_select: Literal["last", "best"] = key("last", "training", "adapt from the source phase's last model, or its best validation (HALO)")
+    round_model: Literal["last", "best"] = key("last", "training", "after a round's training, acquire, report and go on with its last model, or its best validation (released multi-class query; needs eval_every)", hparam=True)
 
     # --- runtime ----------------------------------------------------------------
     device: str = key("auto", "runtime", "\"auto\" (cuda if available), \"cpu\", \"cuda\" or \"cuda:N\"", runtime=True)
@@ -213,7 +217,7 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dict (tuples become lists)."""
         out = dataclasses.asdict(self)
-        for key in ("target_conditions", "source_size", "target_size", "select_steps", "void_label_ids"):
+        for key in ("target_conditions", "source_size", "target_size", "select_steps", "void_label_ids", "stage1_weights"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -354,6 +358,12 @@ def _validate_multiclass(cfg: ExperimentConfig) -> None:
     if cfg.stage2_steps < 0:
         raise ConfigError(f"stage2_steps must be an integer >= 0 (0 = no stage 2), but got stage2_steps={cfg.stage2_steps}")
     _positive("nu", cfg.nu, allow_zero=True)
+    weights = cfg.stage1_weights
+    if len(weights) != 3 or any(not math.isfinite(w) or w < 0 for w in weights) or not any(weights):
+        raise ConfigError(
+            "stage1_weights are the weights of [CE on one-class regions, merged positive, prototypical pixel]: "
+            f"three finite numbers >= 0, not all 0 (released [16, 8, 1]), but got stage1_weights={list(weights)}"
+        )
 
 
 def _validate(cfg: ExperimentConfig) -> None:
@@ -370,6 +380,11 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"{name} must be a finite number, but got {name}={getattr(cfg, name)}")
     if cfg.unit == "multiclass":
         _validate_multiclass(cfg)
+    elif cfg.undefined_output:
+        raise ConfigError(
+            f"undefined_output=true learns the 'undefined' output from superpixel answers and needs unit: "
+            f"multiclass, but got unit={cfg.unit!r}"
+        )
     elif cfg.strategy not in STRATEGIES:
         hint = " (pixbal, bvsb and classbal score superpixels: unit: multiclass)" if cfg.strategy in REGION_STRATEGIES else ""
         raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, but got strategy={_shown(cfg.strategy)}{hint}")
@@ -407,8 +422,13 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"rounds must be an integer >= 0 (0: a source-only run, its round-0 row alone), but got rounds={cfg.rounds}"
         )
+    if cfg.embed_dim is None and cfg.geometry != "cosine":
+        raise ConfigError(
+            f"embed_dim=null (no reduction: classify the backbone's features) is the released multi-class model's "
+            f"cosine classifier and needs geometry='cosine', but got geometry={cfg.geometry!r}; give embed_dim a size"
+        )
     for name in ("batch_size", "embed_dim", "eval_batch_size", "log_every"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be an integer >= 1, but got {name}={getattr(cfg, name)}")
     for name in ("source_steps", "round_steps", "log_images", "eval_every"):
         _positive(name, getattr(cfg, name), allow_zero=True)
@@ -442,6 +462,13 @@ def _validate(cfg: ExperimentConfig) -> None:
             f"grad_accum must be an integer >= 1 that divides batch_size={cfg.batch_size}, "
             f"but got grad_accum={cfg.grad_accum}"
         )
+    least = MIN_TRAIN_MICRO_BATCH.get(cfg.backbone, 1)
+    if cfg.grad_accum >= 1 and cfg.batch_size // cfg.grad_accum < least:
+        raise ConfigError(
+            f"backbone={cfg.backbone!r} trains on at least {least} images per forward pass (BatchNorm after its "
+            f"image pooling), but batch_size={cfg.batch_size} over grad_accum={cfg.grad_accum} gives "
+            f"{cfg.batch_size // cfg.grad_accum}; use a smaller grad_accum or a larger batch_size"
+        )
     if cfg.amp and cfg.device == "cpu":
         raise ConfigError("amp=true needs a CUDA device (bfloat16 autocast), but device='cpu'")
     for name in ("momentum", "weight_decay", "target_loss_weight", "source_weight"):
@@ -456,6 +483,11 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"amp=true (bfloat16 autocast) cannot run with head_dtype='float64'{implied}: the float64 head "
             "exists to reproduce the released arithmetic, which autocast would change; choose one"
+        )
+    if cfg.round_model == "best" and cfg.eval_every < 1:
+        raise ConfigError(
+            "round_model='best' goes on from the best of a round's validations, which run every eval_every "
+            f"global steps: it needs eval_every >= 1, but got eval_every={cfg.eval_every}"
         )
     if cfg.source_select == "best" and (cfg.eval_every < 1 or cfg.loop == "continuous"):
         raise ConfigError(

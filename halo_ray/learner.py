@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -22,11 +23,11 @@ import numpy as np
 import torch
 
 from halo_ray.acquisition import score_map
-from halo_ray.config import HYPERBOLIC_STRATEGIES, ExperimentConfig
+from halo_ray.config import HYPERBOLIC_STRATEGIES, ConfigError, ExperimentConfig
 from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.data.layouts import resolve_layout_root
-from halo_ray.data.superpixels import CachedSuperpixels
+from halo_ray.data.superpixels import CachedSuperpixels, default_num_superpixels
 from halo_ray.hyperbolic import radius_map
 from halo_ray.imagesets import DEFAULT_CACHE_BYTES, ImageSet, RegionTargets, SparseLabels
 from halo_ray.metrics import Evaluation
@@ -83,9 +84,32 @@ def superpixel_source(cfg: ExperimentConfig) -> CachedSuperpixels:
     )
 
 
+def check_regions_fit_trim(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
+    """Refuse superpixels too small for the answer's border band: a region of side ``s`` keeps no
+    interior pixel once ``trim`` px go from each side (``s <= 2·trim``), and every answer would
+    silently fall back to the whole region. Judged on the mean region of the smallest image."""
+    if cfg.trim == 0 or not shapes:
+        return
+    height, width = min(shapes, key=lambda hw: hw[0] * hw[1])
+    count = cfg.num_superpixels if cfg.num_superpixels is not None else default_num_superpixels(height, width)
+    side = math.sqrt(height * width / count)
+    if side > 2 * cfg.trim:
+        return
+    most = max(1, (height * width) // (2 * cfg.trim + 1) ** 2)
+    named = f"num_superpixels={cfg.num_superpixels}" if cfg.num_superpixels is not None else (
+        f"num_superpixels=null ({count} at {height}x{width})")
+    raise ConfigError(
+        f"{named} on {height}x{width} target images makes regions of about {side:.1f} px a side, no wider than "
+        f"the answer's border band of trim={cfg.trim} px on each side: every answer would fall back to the whole "
+        f"region; use num_superpixels <= {most}, or trim <= {max(0, math.ceil(side / 2) - 1)}"
+    )
+
+
 def ensure_superpixels(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
-    """Unit multiclass: compute the target-train superpixels the cache lacks (valid files are reused)."""
+    """Unit multiclass: compute the target-train superpixels the cache lacks (valid files are
+    reused), after :func:`check_regions_fit_trim`."""
     train = open_split(cfg, "train")
+    check_regions_fit_trim(cfg, sorted({train.image_size(i) for i in range(len(train))}))
     source = superpixel_source(cfg)
     t0 = time.perf_counter()
     report = source.ensure(train)
@@ -328,6 +352,7 @@ class Learner:
             batch = list(indices[start : start + cfg.eval_batch_size])
             images = self.data.target_train.images(batch)  # [B, h, w, 3] at the network input size
             logits, emb, c = self.trainer.forward_maps(images)
+            logits = self.trainer.class_logits(logits)  # pixel strategies score the classes
             # the released selection takes logits to the input size, then to the label size
             via = tuple(images.shape[1:3]) if cfg.align_corners else None
             for j, i in enumerate(batch):
@@ -406,7 +431,8 @@ class Learner:
         The pseudo labels of every image with answers are made once and measured against ground
         truth (never trained on): ``pseudo_coverage`` (share of all target-train pixels with
         one) and ``pseudo_precision`` (share of those, ground-truth void left out, that are
-        right). The stage-2 model starts anew from ``source_state`` and trains ``steps`` steps
+        right; with ``undefined_output`` a pixel labelled "undefined" counts as given, and as wrong
+        where ground truth has a class). The stage-2 model starts anew from ``source_state`` and trains ``steps`` steps
         on them (plain cross-entropy); ``miou_stage2`` is its target-val mIoU. The learner comes
         back exactly as it was (model, optimizer, sampling RNG, answers): as released, stage-2
         models never acquire. Values are None where there is nothing to measure.
@@ -463,6 +489,7 @@ class Learner:
         data = self.data.target_train
         pairs = data.items(list(indices))
         logits, emb, c = self.trainer.forward_maps(data.stack([data.to_input(img) for img, _ in pairs]))
+        logits = self.trainer.class_logits(logits)
         predictions, radii = [], []
         for j, (_, label) in enumerate(pairs):
             size = label.shape

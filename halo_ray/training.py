@@ -165,12 +165,14 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, num_classes: int, device: torch.device | None = None):
         self.cfg = cfg
         self.num_classes = num_classes
+        #: the model's outputs: the classes, plus the "undefined" one with ``undefined_output``
+        self.outputs = num_classes + int(cfg.undefined_output)
         self.device = device or resolve_device(cfg.device)
         #: bool [C]: classes the run trains and predicts; a SYNTHIA source lacks terrain, truck and
         #: train, whose logits are then pinned far below the others (None: every class)
         self.trained_classes: torch.Tensor | None = None
         if cfg.source == "synthia":
-            self.trained_classes = torch.ones(num_classes, dtype=torch.bool, device=self.device)
+            self.trained_classes = torch.ones(self.outputs, dtype=torch.bool, device=self.device)
             self.trained_classes[list(SYNTHIA_ABSENT_TRAIN_IDS)] = False
         if cfg.amp and self.device.type != "cuda":
             raise ConfigError(f"amp=true needs a CUDA device (bfloat16 autocast), but the run is on {self.device}")
@@ -180,7 +182,7 @@ class Trainer:
         model = build_segmenter(
             backbone=cfg.backbone,
             geometry=cfg.geometry,
-            num_classes=num_classes,
+            num_classes=self.outputs,
             embed_dim=cfg.embed_dim,
             curvature=cfg.curvature,
             learnable_curvature=cfg.learnable_curvature,
@@ -385,7 +387,7 @@ class Trainer:
 
     def _answer_loss(self, batch: tuple[torch.Tensor, tuple, torch.Tensor], part: torch.Tensor) -> torch.Tensor:
         """The multi-class query's stage-1 loss (:func:`~halo_ray.multiclass.partial_label_losses`,
-        weights 16/8/1) of ``part`` of a target batch of answered superpixels.
+        weights ``stage1_weights``) of ``part`` of a target batch of answered superpixels.
 
         At temperature 1 on the head's logits (the cosine head folds its temperature in). The
         answers' void bit is dropped when the model has no "undefined" output (as the released
@@ -400,7 +402,7 @@ class Trainer:
         k = logits.shape[1]
         terms = partial_label_losses(
             logits, answers[part][..., :k].to(self.device), spx, selected[part].to(self.device),
-            temperature=1.0,
+            temperature=1.0, weights=self.cfg.stage1_weights,
         )
         return terms["total"] / self.cfg.grad_accum
 
@@ -425,6 +427,13 @@ class Trainer:
             out = self.model(x)
         emb = out.embeddings if out.embeddings.dtype == torch.float64 else out.embeddings.float()
         return self._masked(out.logits), emb, self.model.curvature
+
+    def class_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class channels ``[B, C, ...]`` of ``[B, K, ...]`` logits: without the "undefined"
+        output (``undefined_output``), which takes part in training, PixBal/BvSB and pseudo
+        labels only; predictions, evaluation and pixel strategies see the classes (as the
+        released code, which drops it before its argmax and its 'predignore' BvSB)."""
+        return logits[:, : self.num_classes]
 
     def upsample(self, maps: torch.Tensor, size: Sequence[int], *, via: Sequence[int] | None = None) -> torch.Tensor:
         """Bilinear upsampling of ``[B, K, h', w']`` maps to ``size=(H, W)``, with the config's
@@ -464,7 +473,8 @@ class Trainer:
             indices = range(start, min(start + self.cfg.eval_batch_size, len(data)))
             images, labels = data.evaluation_batch(indices)  # [B, h, w, 3], B × [H_i, W_i]
             logits, emb, c = self.forward_maps(images)
-            mirrored = self.forward_maps(images.flip(2))[0] if self.cfg.eval_flip else None  # [B, C, h', w']
+            logits = self.class_logits(logits)  # the released argmax runs over the classes only
+            mirrored = self.class_logits(self.forward_maps(images.flip(2))[0]) if self.cfg.eval_flip else None
             channels = C + (emb.shape[1] if c is not None else 0)
             for part in upsample_chunks([tuple(label.shape) for label in labels], channels):
                 size = tuple(labels[part[0]].shape)

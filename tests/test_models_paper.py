@@ -17,6 +17,7 @@ from torch import nn
 
 from halo_ray.models import (
     BACKBONES,
+    CosineHead,
     DeepLabV2,
     DeepLabV3Plus,
     EuclideanHead,
@@ -35,6 +36,8 @@ from halo_ray.models import (
     load_pretrained,
     resnet101,
 )
+from halo_ray.models.deeplab import MulticlassDeepLabV3Plus
+from halo_ray.models.resnet import resnet50_deepstem
 
 PAPER_BACKBONES = ("deeplabv2_r101", "deeplabv3p_r101", "deeplabv3p_r101_sep", "mit_b2", "mit_b0")
 STRIDES = {"deeplabv2_r101": 8, "deeplabv3p_r101": 4, "deeplabv3p_r101_sep": 4, "mit_b2": 4, "mit_b0": 4}
@@ -577,3 +580,185 @@ def test_frozen_batchnorm_stays_frozen_after_deepcopy_and_pickle_and_keeps_state
         assert not any(bn.training for bn in _bn_layers(clone))
         assert not any(bn.weight.requires_grad for bn in _bn_layers(clone))
         assert list(clone.state_dict()) == keys
+
+
+# ---------------------------------------------------------------- the multi-class query's released model
+
+R50_DEEPSTEM = 23_631_808  # torchvision ResNet-50 without fc (23,508,032) + the deep stem's 123,776
+
+
+@pytest.fixture(scope="module")
+def released_multiclass() -> Segmenter:
+    """The registered ``deeplabv3p_r50_deepstem`` with the released cosine classifier (no reduction)."""
+    torch.manual_seed(0)
+    return build_segmenter(backbone="deeplabv3p_r50_deepstem", geometry="cosine", embed_dim=None).eval()
+
+
+def _small_multiclass(**kwargs) -> MulticlassDeepLabV3Plus:
+    return MulticlassDeepLabV3Plus(width=8, layers=(1, 1, 1, 1), channels=16, low_proj_channels=8, **kwargs)
+
+
+def test_deep_stem_resnet50_keeps_the_released_checkpoint_names_and_shapes():
+    net = resnet50_deepstem()
+    state = net.state_dict()
+    expected_shapes = {
+        "conv1.0.weight": (64, 3, 3, 3),
+        "conv1.1.running_mean": (64,),
+        "conv1.3.weight": (64, 64, 3, 3),
+        "conv1.4.weight": (64,),
+        "conv1.6.weight": (128, 64, 3, 3),
+        "bn1.weight": (128,),
+        "bn1.running_var": (128,),
+        "layer1.0.conv1.weight": (64, 128, 1, 1),
+        "layer1.0.downsample.0.weight": (256, 128, 1, 1),
+        "layer3.5.conv3.weight": (1024, 256, 1, 1),
+        "layer4.2.bn3.bias": (2048,),
+    }
+    for key, shape in expected_shapes.items():
+        assert tuple(state[key].shape) == shape, key
+    stem = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("conv1.")})
+    assert stem == ["conv1.0", "conv1.1", "conv1.3", "conv1.4", "conv1.6"]  # ReLUs hold nothing
+    assert "conv1.weight" not in state and "layer3.6.conv1.weight" not in state
+    # 3 stem convs + 16 blocks × 3 + 4 projections; 2 stem BatchNorms + bn1 + 52 more, × 4 tensors
+    assert len([k for k in state if not k.endswith("num_batches_tracked")]) == 55 + 55 * 4
+    assert _n_params(net) == R50_DEEPSTEM
+    assert (net.output_stride, net.out_channels, net.low_channels, net.deep_stem) == (16, 2048, 256, True)
+    conv2 = {name: m for name, m in net.named_modules() if name.endswith("conv2")}
+    assert conv2["layer3.0.conv2"].stride == (2, 2)  # stride 16: only layer4 dilates
+    assert (conv2["layer4.0.conv2"].stride, conv2["layer4.0.conv2"].dilation) == ((1, 1), (1, 1))
+    assert conv2["layer4.2.conv2"].dilation == (2, 2)
+    with pytest.raises(ValueError, match=r"deep_stem must be True or False, but got deep_stem=1"):
+        ResNet(deep_stem=1)
+
+
+def test_small_deep_stem_resnet_features_have_ceil_sizes():
+    net = ResNet(layers=(1, 1, 1, 1), width=4, output_stride=16, deep_stem=True).eval()
+    assert net.conv1[6].out_channels == net.bn1.num_features == 8
+    with torch.no_grad():
+        low, out = net(torch.randn(1, 3, 65, 97))
+    assert low.shape == (1, 16, 17, 25) and out.shape == (1, 128, 5, 7)
+
+
+def test_released_multiclass_model_shapes_strides_and_sizes(released_multiclass):
+    model = released_multiclass
+    backbone = model.backbone
+    assert isinstance(backbone, MulticlassDeepLabV3Plus) and model.output_stride == 4
+    assert (backbone.out_channels, backbone.encoder.output_stride) == (256, 16)
+    images = torch.randn(1, 3, 33, 49)
+    with torch.no_grad():
+        low, out = backbone.encoder(images)
+        result = model(images)
+    assert low.shape == (1, 256, 9, 13) and out.shape == (1, 2048, 3, 4)
+    assert result.logits.shape == (1, 19, 9, 13) and result.embeddings.shape == (1, 256, 9, 13)
+    assert _n_params(backbone.encoder) == R50_DEEPSTEM
+    bn = 2 * 256
+    aspp = (2048 * 256 + bn) + 3 * (9 * 2048 + 2048 * 256 + bn) + (2048 * 256 + bn) + (5 * 256 * 256 + bn)
+    decoder = (256 * 48 + 2 * 48) + (9 * 304 + 304 * 256 + bn) + (9 * 256 + 256 * 256 + bn)
+    assert _n_params(backbone.aspp) == aspp == 3_007_488
+    assert _n_params(backbone) - R50_DEEPSTEM == aspp + decoder == 3_169_296
+    assert _n_params(model.head) == 19 * 256  # the released classifier: weight only, no reduction
+
+
+@pytest.mark.parametrize("geometry", ("cosine", "euclidean"))
+def test_small_multiclass_deeplab_trains_every_parameter(geometry):
+    torch.manual_seed(0)
+    backbone = _small_multiclass()
+    head = (
+        CosineHead(16, 5, embed_dim=None) if geometry == "cosine" else EuclideanHead(16, 5, embed_dim=8)
+    )
+    spec = SegmenterSpec(
+        backbone="deeplabv3p_r50_deepstem", geometry=geometry, num_classes=5,
+        embed_dim=None if geometry == "cosine" else 8,
+    )
+    model = Segmenter(backbone, head, spec).train()
+    out = model(torch.randn(2, 3, 65, 97))
+    assert out.logits.shape == (2, 5, 17, 25)
+    labels = torch.randint(0, 5, (2, 17, 25))
+    torch.nn.functional.cross_entropy(out.logits, labels).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, f"{pname} got an all-zero gradient"
+
+
+def test_released_separable_block_has_nothing_between_depthwise_and_pointwise():
+    backbone = _small_multiclass()
+    blocks = [*backbone.aspp.branches[1:], *backbone.decoder]
+    for block, (c_in, c_out, d) in zip(
+        blocks, [(256, 16, 6), (256, 16, 12), (256, 16, 18), (24, 16, 1), (16, 16, 1)], strict=True
+    ):
+        assert [type(m) for m in block] == [nn.Conv2d, nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+        depthwise, pointwise, norm, _ = block
+        assert (depthwise.in_channels, depthwise.out_channels, depthwise.groups) == (c_in, c_in, c_in)
+        assert (depthwise.kernel_size, depthwise.dilation, depthwise.padding) == ((3, 3), (d, d), (d, d))
+        assert (pointwise.in_channels, pointwise.out_channels, pointwise.kernel_size) == (c_in, c_out, (1, 1))
+        assert depthwise.bias is None and pointwise.bias is None and norm.num_features == c_out
+    pool, fuse = backbone.aspp.pool, backbone.aspp.fuse
+    assert [type(m) for m in pool] == [nn.AdaptiveAvgPool2d, nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert [type(m) for m in fuse] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Dropout]
+    assert fuse[0].in_channels == 5 * 16 and fuse[0].kernel_size == (1, 1) and fuse[3].p == 0.1
+    # HALO's layout and the plain ASPP are unchanged: BN + ReLU after the depthwise conv, no
+    # pooling BatchNorm, no dropout
+    halo = _small_backbone("deeplabv3p_r101_sep").aspp
+    assert [type(m) for m in halo.branches[1]] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2
+    assert [type(m) for m in halo.pool] == [nn.AdaptiveAvgPool2d, nn.Conv2d, nn.ReLU]
+    assert [type(m) for m in halo.fuse] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+
+
+def test_released_decoder_concatenates_the_low_level_projection_first():
+    backbone = _small_multiclass().eval()
+    seen = {}
+    backbone.low_proj.register_forward_hook(lambda m, i, o: seen.update(low=o.clone()))
+    backbone.aspp.register_forward_hook(lambda m, i, o: seen.update(aspp=o.clone()))
+    backbone.decoder.register_forward_pre_hook(lambda m, i: seen.update(cat=i[0].clone()))
+    with torch.no_grad():
+        backbone(torch.randn(1, 3, 65, 97))
+    assert seen["cat"].shape == (1, 8 + 16, 17, 25)
+    assert torch.equal(seen["cat"][:, :8], seen["low"])
+    upsampled = nn.functional.interpolate(seen["aspp"], size=(17, 25), mode="bilinear", align_corners=False)
+    assert torch.equal(seen["cat"][:, 8:], upsampled)
+
+
+def test_released_deepstem_checkpoint_loads_into_the_registered_backbone(tmp_path):
+    """An ImageNet file in the released names (``conv1.0.weight`` …, an ``fc``), nested under
+    ``'model'`` as ``resnet50_deepstem.pth`` is read by the released code."""
+    torch.manual_seed(7)
+    imagenet = resnet50_deepstem()
+    state = _imagenet_like(imagenet, "fc", 2048)
+    assert {"conv1.0.weight", "conv1.4.running_var", "conv1.6.weight", "bn1.weight"} <= set(state)
+    path = _saved(tmp_path, {"model": state}, "resnet50_deepstem.pth")
+    torch.manual_seed(0)
+    model = build_segmenter(backbone="deeplabv3p_r50_deepstem", geometry="cosine", embed_dim=None)
+    report = load_backbone_weights(model, path)
+    encoder_keys = [k for k in model.backbone.encoder.state_dict() if not k.endswith("num_batches_tracked")]
+    assert report.loaded == tuple(f"backbone.encoder.{k}" for k in encoder_keys)
+    assert len(report.loaded) == len(state) - 2 and report.ignored == ("fc.weight", "fc.bias")
+    assert report.missing == tuple(k for k in model.state_dict() if not k.startswith("backbone.encoder."))
+    loaded = model.backbone.encoder.state_dict()
+    assert all(torch.equal(loaded[k], state[k]) for k in encoder_keys)
+
+
+def test_cosine_head_without_reduction_is_the_released_weight_normalised_classifier():
+    torch.manual_seed(0)
+    head = CosineHead(16, 5, embed_dim=None, temperature=0.1)
+    assert isinstance(head.reduce, nn.Identity) and head.embed_dim == 16
+    assert [(n, tuple(p.shape)) for n, p in head.named_parameters()] == [("weight", (5, 16))]
+    features = torch.randn(2, 16, 7, 9)
+    out = head(features)
+    unit = features / features.norm(dim=1, keepdim=True)
+    weight = head.weight / head.weight.norm(dim=1, keepdim=True)
+    expected = torch.einsum("bdhw,cd->bchw", unit, weight) / 0.1
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.embeddings, unit, rtol=0, atol=1e-6)
+    released = nn.functional.conv2d(unit, weight[:, :, None, None]) / 0.1  # DeepLabHeadV3PlusWN
+    torch.testing.assert_close(out.logits, released, rtol=0, atol=1e-6)
+    model = build_segmenter(backbone="tiny", geometry="cosine", embed_dim=None, num_classes=5)
+    assert model.spec.embed_dim is None and tuple(model.head.weight.shape) == (5, 64)
+    assert SegmenterSpec(**model.spec.to_dict()) == model.spec
+
+
+@pytest.mark.parametrize("geometry", ("euclidean", "hyperbolic"))
+def test_embed_dim_none_needs_the_cosine_geometry(geometry):
+    with pytest.raises(
+        ValueError, match=rf"embed_dim=None .* needs geometry='cosine', but got geometry='{geometry}'"
+    ):
+        build_segmenter(geometry=geometry, embed_dim=None)

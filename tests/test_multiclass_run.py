@@ -96,6 +96,9 @@ def test_a_killed_multiclass_run_resumes_to_the_same_state(tiny_config_values, t
         ({"strategy": "margins"}, "unit multiclass: strategy must be one of"),
         ({"trim": -1}, "trim must be an integer >= 0"),
         ({"num_superpixels": 0}, "num_superpixels must be an integer >= 1"),
+        ({"stage1_weights": [16, 8]}, r"stage1_weights are the weights .* but got stage1_weights=\[16.0, 8.0\]"),
+        ({"stage1_weights": [0, 0, 0]}, "not all 0"),
+        ({"stage1_weights": [1, -1, 1]}, "three finite numbers >= 0"),
     ],
 )
 def test_bad_multiclass_settings_are_named(tiny_config_values, tmp_path, extra, message):
@@ -124,3 +127,96 @@ def test_stage_two_models_are_recorded_and_leave_stage_one_untouched(tiny_config
     for name, tensor in a["trainer"]["model"].items():
         assert torch.equal(tensor, b["trainer"]["model"][name]), name
     assert torch.equal(a["generator"], b["generator"])
+
+
+def test_the_undefined_output_is_learned_banned_and_never_predicted(tiny_config_values, tmp_path):
+    """undefined_output: the model has C + 1 outputs, the last one trained from the answers'
+    void bit; evaluation's argmax runs over the C classes only, so a model whose "undefined"
+    wins every pixel still predicts its best class (closed form: one class everywhere)."""
+    cfg = build_config(_values(tiny_config_values, tmp_path, undefined_output=True, rounds=2, stage2_steps=3))
+    run = ActiveLearningRun(cfg, tmp_path / "run", log=_quiet, tensorboard=False)
+    rows = run.execute()
+    assert rows["clicks"].iloc[-1] <= 80 and np.isfinite(rows["miou_stage2"].iloc[-1])
+    head = run.learner.trainer.model.head
+    assert head.weight.shape[0] == 20
+    # the void bit reaches training: answers of void-holding regions keep their 20th column
+    targets = run.learner._target_labels
+    assert any(targets.entry(i)[0][targets.entry(i)[1]][:, 19].any() for i in targets.labelled_images().tolist())
+    # every pixel's feature is one unit vector w; the undefined weight is w, the classes' random
+    trainer = run.learner.trainer
+    with torch.no_grad():
+        w = torch.randn(head.reduce.out_channels, generator=torch.Generator().manual_seed(3))
+        head.reduce.weight.zero_()
+        head.reduce.bias.copy_(w)
+        head.weight[19] = w
+    winner = int(torch.nn.functional.normalize(head.weight[:19], dim=1).mv(w).argmax())
+    truth = np.concatenate([np.asarray(lab).reshape(-1) for _, lab in run.learner.data.target_val.items(
+        list(range(len(run.learner.data.target_val))), image=False)])
+    truth = truth[truth != 255]
+    present = set(np.unique(truth).tolist()) | {winner}
+    want = 100.0 * (truth == winner).sum() / truth.size / len(present)
+    assert trainer.evaluate(run.learner.data.target_val).miou == pytest.approx(want, rel=1e-9)
+    assert run.learner.snapshot([0])["prediction"].max() == winner
+
+
+def test_undefined_output_needs_the_multiclass_unit(tiny_config_values):
+    with pytest.raises(ConfigError, match="undefined_output=true .* needs unit: multiclass, but got unit='region'"):
+        build_config({**tiny_config_values, "undefined_output": True})
+
+
+def test_round_model_best_goes_on_with_each_rounds_best_validation(tiny_config_values, tmp_path):
+    """round_model: best (the released loop): each round reports, checkpoints and acquires with
+    the best of its validations; the row's mIoU is that validation's, and the round's
+    checkpoint holds that model (a fresh evaluation of it gives the same mIoU)."""
+    lines: list[str] = []
+    cfg = build_config(_values(tiny_config_values, tmp_path, rounds=2, round_steps=6, eval_every=2,
+                               round_model="best", loop="retrain"))
+    run = ActiveLearningRun(cfg, tmp_path / "run", log=lines.append, tensorboard=False)
+    rows = run.execute()
+    seen: dict[int, list[float]] = {1: [], 2: []}
+    for line in lines:
+        if "validation mIoU" in line:
+            seen[int(line.split("round ")[1].split("/")[0])].append(float(line.split("validation mIoU ")[1].split()[0]))
+    assert [len(v) for v in seen.values()] == [2, 2]  # steps 2 and 4 of 6; the round's end is the row's
+    for r in (1, 2):
+        assert rows["miou"].iloc[r] >= max(seen[r]) - 0.005  # logged to 2 decimals
+    fresh = ActiveLearningRun(cfg, tmp_path / "run", log=_quiet, tensorboard=False)
+    fresh.restore(load_checkpoint(tmp_path / "run" / "checkpoints" / "round_002.pt"), "round_002.pt")
+    assert fresh.learner.evaluate().miou == rows["miou"].iloc[2]
+    switched = [line for line in lines if "going on with the validation" in line]
+    assert switched  # on this data, round 2's last model is worse than its step-30 validation
+    assert f"mIoU {rows['miou'].iloc[2]:.2f};" in switched[-1]
+
+
+def test_round_model_best_needs_validations(tiny_config_values, tmp_path):
+    with pytest.raises(ConfigError, match="round_model='best' .* needs eval_every >= 1, but got eval_every=0"):
+        build_config(_values(tiny_config_values, tmp_path, round_model="best"))
+
+
+def test_stage1_weights_reach_the_answer_loss(tiny_config_values, tmp_path):
+    """Zeroing the merged-positive and prototypical terms trains another model than the
+    released 16/8/1; the two runs share everything else (source model, first picks)."""
+    models = {}
+    for weights in ((16.0, 8.0, 1.0), (16.0, 0.0, 0.0)):
+        cfg = build_config(_values(tiny_config_values, tmp_path, rounds=1, stage1_weights=list(weights),
+                                   source_cache=str(tmp_path / "cache")))
+        run = ActiveLearningRun(cfg, tmp_path / f"run{weights[1]}", log=_quiet, tensorboard=False)
+        run.execute()
+        models[weights] = run.learner.model_state()
+        assert cfg.to_dict()["stage1_weights"] == list(weights)
+    a, b = models.values()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_released_model_settings_are_checked(tiny_config_values, tmp_path):
+    with pytest.raises(ConfigError, match="embed_dim=null .* needs geometry='cosine', but got geometry='hyperbolic'"):
+        build_config({**tiny_config_values, "embed_dim": None})
+    with pytest.raises(ConfigError, match=r"backbone='deeplabv3p_r50_deepstem' trains on at least 2 images per "
+                                          r"forward pass .* batch_size=4 over grad_accum=4 gives 1"):
+        build_config(_values(tiny_config_values, tmp_path, backbone="deeplabv3p_r50_deepstem", batch_size=4, grad_accum=4))
+    cfg = build_config(_values(tiny_config_values, tmp_path, embed_dim=None, rounds=1))
+    run = ActiveLearningRun(cfg, tmp_path / "run", log=_quiet, tensorboard=False)
+    rows = run.execute()
+    assert rows["embed_dim"].isna().all()  # no reduction: the Parquet column is null
+    head = run.learner.trainer.model.head
+    assert isinstance(head.reduce, torch.nn.Identity) and head.weight.shape[1] == run.learner.trainer.model.backbone.out_channels

@@ -163,3 +163,36 @@ def test_segformer_acdc_file_is_halos_adamw_recipe():
     assert cfg.rounds * cfg.round_steps == 7500 and cfg.select_steps == (0, 1875, 3750, 5000, 6250)
     assert cfg.target_conditions == base.target_conditions == ("fog", "night", "rain", "snow")
     assert cfg.source_key() != base.source_key()  # its own source model
+
+
+def test_cityscapes_multiclass_protocol_runs_on_a_tiny_fabricated_dataset(tiny_benchmark, tmp_path):
+    """The released multi-class protocol file itself (deep-stem ResNet-50 DeepLab-v3+, cosine
+    head on its 256-d features, the "undefined" output, round_model best, stage 2) on a tiny
+    Cityscapes tree with an ImageNet-layout weights file, only sizes and lengths scaled down."""
+    from halo_ray.config import load_config
+    from halo_ray.models import resnet50_deepstem
+
+    cfg = load_config(ROOT / "experiments" / "cityscapes_multiclass.yaml")
+    assert (cfg.backbone, cfg.geometry, cfg.embed_dim, cfg.undefined_output) == ("deeplabv3p_r50_deepstem", "cosine", None, True)
+    assert (cfg.loop, cfg.source_steps, cfg.round_model, cfg.reference, cfg.align_corners) == ("retrain", 0, "best", True, False)
+    torch.manual_seed(7)
+    weights = tmp_path / "resnet50_deepstem.pth"
+    torch.save({"model": resnet50_deepstem().state_dict()}, weights)
+    out = tmp_path / "run"
+    sets = {
+        "source_root": tiny_benchmark / "cityscapes", "target_root": tiny_benchmark / "cityscapes",
+        "pretrained": weights, "source_cache": tmp_path / "cache", "superpixel_cache": tmp_path / "spx",
+        "target_size": "[96, 48]", "clicks_per_round": 20, "round_steps": 2, "eval_every": 1, "stage2_steps": 1,
+        "rounds": 2, "batch_size": 2, "num_threads": 1, "log_every": 1, "log_images": 0,
+    }
+    args = ["run", str(ROOT / "experiments" / "cityscapes_multiclass.yaml"), "--out", str(out), "--no-tensorboard"]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    frame = pd.read_parquet(out / "results").sort_values("round")
+    assert list(frame["round"]) == [0, 1, 2] and (frame["unit"] == "multiclass").all()
+    assert frame["clicks"].iloc[1] > 20  # reference: the released overshoot (and a random first round)
+    assert frame["miou_stage2"].iloc[1:].notna().all()
+    model = load_checkpoint(latest_checkpoint(out))["learner"]["trainer"]["model"]
+    assert model["head.weight"].shape == (20, 256)  # 19 classes + "undefined", on the 256-d features
+    assert "backbone.encoder.conv1.6.weight" in model and "head.reduce.weight" not in model

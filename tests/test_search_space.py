@@ -279,6 +279,7 @@ SHIPPED = {
     "ablation_reference": 21,
     "ablation_scoring": 18,
     "euclidean_vs_hyperbolic": 12,
+    "annotation_units": 12,
 }
 
 

@@ -109,3 +109,20 @@ def test_analyze_out_under_a_regular_file_is_bad_input(tmp_path, capsys, tiny_co
     run_experiment(build_config({**tiny_config_values, "rounds": 1}), run, log=lambda _: None, tensorboard=False)
     (tmp_path / "afile").write_text("x")
     _refused(capsys, ["analyze", str(run), "--out", str(tmp_path / "afile" / "report")], "is a file, not a directory")
+
+
+def test_superpixels_smaller_than_the_trim_are_refused(tmp_path, capsys, tiny_config_values):
+    """100 superpixels on 64x128 images are ~9 px wide: a 5-px band on each side leaves nothing."""
+    import yaml
+
+    values = {**tiny_config_values, "unit": "multiclass", "strategy": "pixbal", "clicks_per_round": 40,
+              "superpixels": "grid", "geometry": "cosine", "superpixel_cache": str(tmp_path / "spx")}
+    exp = tmp_path / "tiny.yaml"
+    exp.write_text(yaml.safe_dump({**values, "num_superpixels": 100}))
+    out = tmp_path / "out"
+    _refused(capsys, ["run", str(exp), "--out", str(out)],
+             "num_superpixels=100 on 64x128 target images makes regions of about 9.1 px a side",
+             "trim=5", "use num_superpixels <= 67, or trim <= 4")
+    assert not out.exists() and not (tmp_path / "spx").exists()
+    exp.write_text(yaml.safe_dump({**values, "num_superpixels": 100, "trim": 4, "rounds": 0}))
+    assert main(["run", str(exp), "--out", str(out)]) == 0

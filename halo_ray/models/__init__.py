@@ -2,7 +2,7 @@
 
 ``build_segmenter(...)`` is the entry point; ``BACKBONES`` is the name → factory registry
 (``"tiny"``; paper scale: ``"deeplabv2_r101"``, ``"deeplabv3p_r101"``,
-``"deeplabv3p_r101_sep"``, ``"mit_b0"`` …
+``"deeplabv3p_r101_sep"``, ``"deeplabv3p_r50_deepstem"``, ``"mit_b0"`` …
 ``"mit_b5"``). ``load_backbone_weights`` / ``load_pretrained`` read local weight files (never
 downloading); ``freeze_batchnorm`` freezes BatchNorm layers for fine-tuning.
 """
@@ -12,8 +12,10 @@ from .deeplab import (
     ASPPv2,
     DeepLabV2,
     DeepLabV3Plus,
+    MulticlassDeepLabV3Plus,
     SeparableDeepLabV3Plus,
     deeplabv2_r101,
+    deeplabv3p_r50_deepstem,
     deeplabv3p_r101,
     deeplabv3p_r101_sep,
 )
@@ -30,7 +32,7 @@ from .mit import (
     mit_b4,
     mit_b5,
 )
-from .resnet import ResNet, ResNetFeatures, resnet101
+from .resnet import ResNet, ResNetFeatures, resnet50_deepstem, resnet101
 from .segmenter import GEOMETRIES, Segmenter, SegmenterSpec, build_segmenter
 from .weights import (
     MIT_LAYOUTS,
@@ -61,6 +63,7 @@ __all__ = [
     "LoadReport",
     "MiTSize",
     "MixTransformer",
+    "MulticlassDeepLabV3Plus",
     "ResNet",
     "ResNetFeatures",
     "SegFormer",
@@ -74,6 +77,7 @@ __all__ = [
     "build_segmenter",
     "convert_hf_mit",
     "deeplabv2_r101",
+    "deeplabv3p_r50_deepstem",
     "deeplabv3p_r101",
     "deeplabv3p_r101_sep",
     "find_encoder",
@@ -88,5 +92,6 @@ __all__ = [
     "mit_b5",
     "mit_key_layout",
     "read_state_dict",
+    "resnet50_deepstem",
     "resnet101",
 ]

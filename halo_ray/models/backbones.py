@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ASPP", "BACKBONES", "FeatureExtractor", "TinyDeepLab", "build_backbone"]
+__all__ = [
+    "ASPP", "BACKBONES", "MIN_TRAIN_MICRO_BATCH", "FeatureExtractor", "TinyDeepLab", "atrous_separable_conv",
+    "build_backbone",
+]
 
 
 class FeatureExtractor(nn.Module):
@@ -31,12 +34,13 @@ class FeatureExtractor(nn.Module):
     output_stride: int
 
 
-def init_conv_bn(*modules: nn.Module) -> None:
-    """Kaiming-normal convs (fan-out, ReLU gain), BatchNorm weight 1 / bias 0, in module order."""
+def init_conv_bn(*modules: nn.Module, mode: str = "fan_out") -> None:
+    """Kaiming-normal convs (ReLU gain; ``mode`` ``"fan_out"`` or ``"fan_in"``), BatchNorm weight 1
+    / bias 0, in module order."""
     for module in modules:
         for m in module.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -73,6 +77,20 @@ def separable_conv(in_channels: int, out_channels: int, *, dilation: int = 1) ->
     )
 
 
+def atrous_separable_conv(in_channels: int, out_channels: int, *, dilation: int = 1) -> nn.Sequential:
+    """Atrous separable 3×3 conv-BN-ReLU as DeepLab-v3+'s reference PyTorch port builds it
+    (``convert_to_separable_conv``, used by the multi-class label query's released model):
+    depthwise 3×3 conv (dilated) → pointwise 1×1 conv, with *nothing* between them, then BN →
+    ReLU; 'same' padding, no biases. Unlike :func:`separable_conv` (HALO's layout) the depthwise
+    conv has no BatchNorm or ReLU of its own."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling (DeepLab-v3 style).
 
@@ -80,6 +98,13 @@ class ASPP(nn.Module):
     (depthwise-separable with ``separable``, as in HALO's / RIPU's released DeepLab-v3+), and
     global average pooling; concatenated and fused by a ``fuse_kernel``² conv (1 in the paper,
     3 in those codes).
+
+    ``dilated_block`` replaces the builder of the dilated branches (``(in, out, *, dilation)``,
+    e.g. :func:`atrous_separable_conv`; not together with ``separable``); ``pool_norm`` puts a
+    BatchNorm between the pooling branch's conv and its ReLU (the paper's and the reference
+    port's; without it, as by default, training also works at batch size 1, where a 1×1 map has
+    no batch statistics); ``dropout > 0`` follows the fuse with ``nn.Dropout(dropout)``. The
+    pooled branch is broadcast over the map, which is what bilinear upsampling of a 1×1 map is.
     """
 
     def __init__(
@@ -91,20 +116,32 @@ class ASPP(nn.Module):
         *,
         separable: bool = False,
         fuse_kernel: int = 1,
+        dilated_block: Callable[..., nn.Module] | None = None,
+        pool_norm: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
-        dilated = separable_conv if separable else _conv_bn_relu
+        if separable and dilated_block is not None:
+            raise ValueError("give separable=True or a dilated_block, not both")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), but got dropout={dropout!r}")
+        dilated = dilated_block or (separable_conv if separable else _conv_bn_relu)
         self.branches = nn.ModuleList(
             [_conv_bn_relu(in_channels, branch_channels, kernel_size=1)]
             + [dilated(in_channels, branch_channels, dilation=d) for d in dilations]
         )
-        self.pool = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(in_channels, branch_channels, 1, bias=False),
-            nn.ReLU(inplace=True),  # no BatchNorm: a 1×1 map with batch 1 has no statistics
-        )
+        if pool_norm:
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, branch_channels, kernel_size=1))
+        else:
+            self.pool = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(in_channels, branch_channels, 1, bias=False),
+                nn.ReLU(inplace=True),  # no BatchNorm: a 1×1 map with batch 1 has no statistics
+            )
         n = len(self.branches) + 1
         self.fuse = _conv_bn_relu(n * branch_channels, out_channels, kernel_size=fuse_kernel)
+        if dropout > 0:
+            self.fuse.append(nn.Dropout(dropout))
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, C_in, h, w] -> [B, out_channels, h, w]``."""
@@ -182,6 +219,7 @@ BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
     "deeplabv2_r101": _lazy("deeplab", "deeplabv2_r101"),
     "deeplabv3p_r101": _lazy("deeplab", "deeplabv3p_r101"),
     "deeplabv3p_r101_sep": _lazy("deeplab", "deeplabv3p_r101_sep"),
+    "deeplabv3p_r50_deepstem": _lazy("deeplab", "deeplabv3p_r50_deepstem"),
     **{f"mit_{size}": _lazy("mit", f"mit_{size}") for size in ("b0", "b1", "b2", "b3", "b4", "b5")},
 }
 """Backbone name → zero-argument factory. Names are the ``backbone`` config key's values.
@@ -189,12 +227,19 @@ BACKBONES: dict[str, Callable[[], FeatureExtractor]] = {
 ``tiny``: CPU-friendly stand-in (stride 4). Paper scale (issue 5): ``deeplabv2_r101``
 (RIPU's GTAV→Cityscapes model, stride 8), ``deeplabv3p_r101`` (the paper's DeepLab-v3+,
 stride 4), ``deeplabv3p_r101_sep`` (the separable 512-channel DeepLab-v3+ of HALO's released
-code, stride 4), and the
+code, stride 4), ``deeplabv3p_r50_deepstem`` (the multi-class label query's released
+DeepLab-v3+: deep-stem ResNet-50 at encoder stride 16, separable 256-channel head, stride 4;
+its cosine classifier is ``geometry="cosine"`` with ``embed_dim=None``), and the
 SegFormer sizes ``mit_b0`` … ``mit_b5`` (stride 4): ``mit_b4`` is HALO's Cityscapes→ACDC
 model, ``mit_b2`` the common paper size, ``mit_b0`` the cheap one. Their encoders take
 ImageNet weights from a local file via :func:`~halo_ray.models.weights.load_backbone_weights`
 (MiT files in our, the mmseg or the Hugging Face key layout).
 """
+
+
+MIN_TRAIN_MICRO_BATCH: dict[str, int] = {"deeplabv3p_r50_deepstem": 2}
+"""Backbones that cannot train on fewer images per forward pass (their image-pooling branch has
+a BatchNorm, which sees a 1×1 map per image) → that least number; others train on one."""
 
 
 def build_backbone(name: str) -> FeatureExtractor:

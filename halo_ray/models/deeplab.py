@@ -32,11 +32,26 @@ alike.
   identity, which is what the reference's frozen head BatchNorm layers are, so the two agree
   there. The reference's dropout before its Euclidean classifier is not modelled (our heads
   start with the 1×1 reduction to ``embed_dim``).
+* :class:`MulticlassDeepLabV3Plus` — the DeepLab-v3+ of the multi-class label query's released
+  code (Hwang et al. 2023, MulActSeg: ``deeplabv3pluswn_resnet50deepstem`` with
+  ``--separable_conv``, output stride 16), the DeepLab-v3+ PyTorch port's head with its 3×3
+  convs made atrous-separable: deep-stem ResNet-50 at output stride 16 (``layer4`` dilated);
+  ASPP of a 1×1 branch, atrous-separable 3×3 branches at 6/12/18 (depthwise 3×3 → pointwise
+  1×1 with nothing between, then BN → ReLU, see
+  :func:`~halo_ray.models.backbones.atrous_separable_conv`) and image pooling *with*
+  BatchNorm, 256 channels each, fused by a 1×1 conv-BN-ReLU and ``Dropout(0.1)``; the ASPP
+  output upsampled (``align_corners=False``) to stride 4 and concatenated *after* the 48-channel
+  layer1 projection (``[low, aspp]``, the reverse of :class:`DeepLabV3Plus`); two
+  atrous-separable 3×3 blocks (304 → 256 → 256). Its classifier (``DeepLabHeadV3PlusWN``: cosine
+  on the unit 256-d features, no reduction) is :class:`~halo_ray.models.heads.CosineHead` with
+  ``embed_dim=None``. Head convs are initialised Kaiming-normal fan-in as in that code (the
+  encoder fan-out, as torchvision). Training needs batches of 2 or more (the pooling branch's
+  BatchNorm sees a 1×1 map), as the released model does.
 
 Each model exposes its ResNet as ``encoder`` (the part ImageNet weights load into, see
 :func:`~halo_ray.models.weights.load_backbone_weights`). ``width`` / ``layers`` build small
-variants for tests; the registered names (``deeplabv2_r101``, ``deeplabv3p_r101``) are the
-paper sizes.
+variants for tests; the registered names (``deeplabv2_r101``, ``deeplabv3p_r101``,
+``deeplabv3p_r101_sep``, ``deeplabv3p_r50_deepstem``) are the paper sizes.
 """
 
 from __future__ import annotations
@@ -45,17 +60,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import ASPP, FeatureExtractor, _conv_bn_relu, init_conv_bn, separable_conv
-from .resnet import RESNET101_LAYERS, ResNet
+from .backbones import (
+    ASPP,
+    FeatureExtractor,
+    _conv_bn_relu,
+    atrous_separable_conv,
+    init_conv_bn,
+    separable_conv,
+)
+from .resnet import RESNET50_LAYERS, RESNET101_LAYERS, ResNet
 
 __all__ = [
     "ASPPv2",
     "DeepLabV2",
     "DeepLabV3Plus",
+    "MulticlassDeepLabV3Plus",
     "SeparableDeepLabV3Plus",
     "deeplabv2_r101",
     "deeplabv3p_r101",
     "deeplabv3p_r101_sep",
+    "deeplabv3p_r50_deepstem",
 ]
 
 ASPP_V2_RATES: tuple[int, ...] = (6, 12, 18, 24)
@@ -199,6 +223,56 @@ class SeparableDeepLabV3Plus(DeepLabV3Plus):
         )
 
 
+class MulticlassDeepLabV3Plus(FeatureExtractor):
+    """The multi-class label query's released DeepLab-v3+ (module docstring): deep-stem ResNet
+    (output stride 16) → ASPP (1×1, atrous-separable 3×3 at ``rates``, pooling with BatchNorm;
+    ``channels`` wide; 1×1 fuse, ``Dropout(dropout)``) → upsampled, concatenated after the
+    ``low_proj_channels`` layer1 projection → two atrous-separable 3×3 blocks →
+    ``[B, channels, ⌈H/4⌉, ⌈W/4⌉]``.
+
+    Submodules: ``encoder`` (ResNet), ``aspp``
+    (:class:`~halo_ray.models.backbones.ASPP`: ``branches`` 1×1 + 3 dilated, ``pool``,
+    ``fuse``), ``low_proj`` (the reference's ``project``), ``decoder`` (its ``classifier``
+    before the final conv). ``width`` / ``layers`` shrink the encoder for tests.
+    """
+
+    output_stride = 4
+
+    def __init__(
+        self,
+        *,
+        layers: tuple[int, int, int, int] = RESNET50_LAYERS,
+        width: int = 64,
+        channels: int = 256,
+        rates: tuple[int, ...] = (6, 12, 18),
+        low_proj_channels: int = 48,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        for name, value in (("channels", channels), ("low_proj_channels", low_proj_channels)):
+            _check_positive_int(name, value)
+        _check_rates(rates)
+        self.encoder = ResNet(layers=layers, width=width, output_stride=16, deep_stem=True)
+        self.aspp = ASPP(
+            self.encoder.out_channels, channels, channels, tuple(rates),
+            dilated_block=atrous_separable_conv, pool_norm=True, dropout=dropout,
+        )
+        self.low_proj = _conv_bn_relu(self.encoder.low_channels, low_proj_channels, kernel_size=1)
+        self.decoder = nn.Sequential(
+            atrous_separable_conv(low_proj_channels + channels, channels),
+            atrous_separable_conv(channels, channels),
+        )
+        self.out_channels = channels
+        init_conv_bn(self.aspp, self.low_proj, self.decoder, mode="fan_in")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W] -> [B, channels, ⌈H/4⌉, ⌈W/4⌉]``."""
+        low, out = self.encoder(images)  # [B, 4w, H/4, W/4], [B, 32w, H/16, W/16]
+        high = self.aspp(out)  # [B, channels, H/16, W/16]
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.decoder(torch.cat([self.low_proj(low), high], dim=1))  # [B, channels, H/4, W/4]
+
+
 def _check_positive_int(name: str, value: object) -> None:
     """ValueError unless ``value`` is an int (not bool) >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -228,3 +302,9 @@ def deeplabv3p_r101() -> DeepLabV3Plus:
 def deeplabv3p_r101_sep() -> SeparableDeepLabV3Plus:
     """HALO's released DeepLab-v3+ on ResNet-101 (separable ASPP 6/12/18 and decoder, 512 channels)."""
     return SeparableDeepLabV3Plus()
+
+
+def deeplabv3p_r50_deepstem() -> MulticlassDeepLabV3Plus:
+    """The multi-class label query's released DeepLab-v3+ on the deep-stem ResNet-50 (output
+    stride 16, atrous-separable ASPP 6/12/18 and decoder, 256 channels at stride 4)."""
+    return MulticlassDeepLabV3Plus()

@@ -8,6 +8,8 @@ changes only what follows it:
 * :class:`EuclideanHead`: reduce → 1×1 classifier; the embeddings are the reduced features;
 * :class:`CosineHead`: reduce → L2-normalise → cosine with L2-normalised class weights, over a
   temperature (the multi-class label query's classifier); the embeddings are the unit features.
+  With ``embed_dim=None`` it has no reduction and classifies the backbone features themselves,
+  as the released model does.
 """
 
 from __future__ import annotations
@@ -76,17 +78,28 @@ class CosineHead(nn.Module):
     the acquisition scores and :func:`halo_ray.multiclass.partial_label_losses` (with
     ``temperature=1``) see the released ``softmax(z / 0.1)``; ``logits * temperature`` gives
     back ``z`` (what stage-2 prototypes use). The embeddings are the unit features.
+
+    ``embed_dim=None`` drops the reduction (``reduce`` is an identity): the backbone features
+    themselves are normalised and classified, as the released ``DeepLabHeadV3PlusWN`` does
+    (class weights ``[num_classes, in_channels]``, embeddings of dimension ``in_channels``).
     """
 
     geometry = "cosine"
 
-    def __init__(self, in_channels: int, num_classes: int, *, embed_dim: int = 64, temperature: float = 0.1):
+    def __init__(
+        self, in_channels: int, num_classes: int, *, embed_dim: int | None = 64, temperature: float = 0.1
+    ):
         super().__init__()
-        _check_dims(in_channels, num_classes, embed_dim)
+        _check_dims(in_channels, num_classes, in_channels if embed_dim is None else embed_dim)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
             raise ValueError(f"temperature must be a finite number > 0, but got temperature={temperature!r}")
         self.temperature = float(temperature)
-        self.reduce = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        if embed_dim is None:
+            self.reduce: nn.Module = nn.Identity()
+            embed_dim = in_channels
+        else:
+            self.reduce = nn.Conv2d(in_channels, embed_dim, kernel_size=1)
+        self.embed_dim = embed_dim
         self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 

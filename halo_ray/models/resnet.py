@@ -5,9 +5,14 @@ stride on the 3×3 conv of a bottleneck, which is the one the common ImageNet ch
 were trained with):
 
 * stem: 7×7 conv, stride 2 → BatchNorm → ReLU → 3×3 max-pool, stride 2 (``width`` channels);
+  or, with ``deep_stem``, the three-conv stem of "ResNet-C" (He et al. 2019, "Bag of Tricks",
+  there with widths 32/32/64) at the stem width 64 of the multi-class label query's released
+  ResNet-50: 3×3 convs ``3 → width`` (stride 2) → BatchNorm → ReLU → ``width → width`` →
+  BatchNorm → ReLU → ``width → 2·width``, then BatchNorm → ReLU → the max-pool (``2·width``
+  channels into ``layer1``, whose first block then projects its shortcut);
 * four stages of bottleneck blocks (1×1 reduce → 3×3 → 1×1 expand ×4, identity or
   projection shortcut), ``planes = width·(1, 2, 4, 8)``, ``layers = (3, 4, 23, 3)`` for
-  ResNet-101;
+  ResNet-101, ``(3, 4, 6, 3)`` for ResNet-50;
 * DeepLab's atrous trick (Chen et al. 2017): for ``output_stride`` 8 the strides of
   ``layer3`` and ``layer4`` are replaced by dilations 2 and 4; for 16 only ``layer4``'s
   (dilation 2). As in the torchvision ``replace_stride_with_dilation`` convention that
@@ -20,6 +25,15 @@ standard ResNet-101 ImageNet state dict (minus its ``fc.*`` classifier) loads by
 (see :func:`~halo_ray.models.weights.load_backbone_weights`). With ``width=64`` and
 ``layers=(3, 4, 23, 3)`` the encoder has exactly 42,500,160 parameters (ResNet-101's
 44,549,160 minus the 2,049,000 of its 1000-class ``fc``).
+
+The deep stem's ``conv1`` is a ``Sequential`` whose convs and BatchNorms keep their indices
+(``conv1.0.weight``, ``conv1.1.running_mean``, ``conv1.3.weight``, ``conv1.4.*``,
+``conv1.6.weight``; then ``bn1.*`` with ``2·width`` channels): the names of MulActSeg's
+(Hwang et al. 2023) ImageNet checkpoint ``resnet50_deepstem.pth``. :func:`resnet50_deepstem`
+(``width=64``, ``layers=(3, 4, 6, 3)``) has exactly 23,631,808 parameters: torchvision's
+ResNet-50 without its ``fc`` (23,508,032) plus 123,776 (the deep stem's 112,832 parameters
+against the 7×7 stem's 9,536, and ``layer1.0``'s 128-channel input to ``conv1`` and to the
+projection shortcut: 4,096 + 16,384).
 """
 
 from __future__ import annotations
@@ -30,13 +44,16 @@ from torch import Tensor, nn
 
 from .backbones import init_conv_bn
 
-__all__ = ["OUTPUT_STRIDES", "Bottleneck", "ResNet", "ResNetFeatures", "resnet101"]
+__all__ = ["OUTPUT_STRIDES", "Bottleneck", "ResNet", "ResNetFeatures", "resnet101", "resnet50_deepstem"]
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 """Supported ``output_stride`` values of :class:`ResNet` (32 is the undilated classifier net)."""
 
 RESNET101_LAYERS: tuple[int, int, int, int] = (3, 4, 23, 3)
 """Bottleneck blocks per stage of ResNet-101."""
+
+RESNET50_LAYERS: tuple[int, int, int, int] = (3, 4, 6, 3)
+"""Bottleneck blocks per stage of ResNet-50."""
 
 
 class ResNetFeatures(NamedTuple):
@@ -114,8 +131,10 @@ class ResNet(nn.Module):
 
     ``layers`` gives the blocks per stage (ResNet-101: ``(3, 4, 23, 3)``), ``width`` the stem
     width and base planes (64 for the ImageNet nets; small values make cheap test variants),
-    ``output_stride`` ∈ {8, 16, 32} where ``out`` lives. Attributes: ``low_channels``
-    (``4·width``), ``out_channels`` (``32·width``), ``output_stride``.
+    ``output_stride`` ∈ {8, 16, 32} where ``out`` lives, ``deep_stem`` the three-conv stem
+    (``2·width`` channels into ``layer1``, see the module docstring) instead of the 7×7 conv.
+    Attributes: ``low_channels`` (``4·width``), ``out_channels`` (``32·width``),
+    ``output_stride``, ``deep_stem``.
     """
 
     def __init__(
@@ -125,17 +144,25 @@ class ResNet(nn.Module):
         width: int = 64,
         output_stride: int = 8,
         in_channels: int = 3,
+        deep_stem: bool = False,
     ):
         super().__init__()
         _check_resnet_args(layers, width, output_stride)
+        if not isinstance(deep_stem, bool):
+            raise ValueError(f"deep_stem must be True or False, but got deep_stem={deep_stem!r}")
         self.output_stride = output_stride
+        self.deep_stem = deep_stem
         self.low_channels = 4 * width
         self.out_channels = 32 * width
-        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        if deep_stem:
+            self.conv1: nn.Module = _deep_stem(in_channels, width)
+            channels = 2 * width
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+            channels = width
+        self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        channels = width
         stages = []
         for index, (blocks, plan) in enumerate(
             zip(layers, _stage_plan(output_stride), strict=True)
@@ -151,10 +178,29 @@ class ResNet(nn.Module):
 
     def forward(self, images: Tensor) -> ResNetFeatures:
         """``[B, 3, H, W] -> ResNetFeatures(low [B, 4w, ⌈H/4⌉, ⌈W/4⌉], out [B, 32w, ⌈H/s⌉, ⌈W/s⌉])``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # [B, w, H/4, W/4]
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # [B, w (deep stem: 2w), H/4, W/4]
         low = self.layer1(x)  # [B, 4w, H/4, W/4]
         out = self.layer4(self.layer3(self.layer2(low)))  # [B, 32w, H/s, W/s]
         return ResNetFeatures(low, out)
+
+
+def _deep_stem(in_channels: int, width: int) -> nn.Sequential:
+    """The deep stem's convs: 3×3 ``in → width`` (stride 2) → BN → ReLU → 3×3 ``width → width``
+    → BN → ReLU → 3×3 ``width → 2·width``; no biases, padding 1. The BatchNorm and ReLU after
+    the last conv are the net's ``bn1`` / ``relu``."""
+
+    def conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+    return nn.Sequential(
+        conv(in_channels, width, stride=2),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        conv(width, width),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
+        conv(width, 2 * width),
+    )
 
 
 def _make_stage(
@@ -196,3 +242,10 @@ def _check_resnet_args(layers: tuple[int, ...], width: int, output_stride: int) 
 def resnet101(*, output_stride: int = 8) -> ResNet:
     """ResNet-101 encoder (42.5 M parameters) at ``output_stride`` 8 (DeepLab default) or 16."""
     return ResNet(layers=RESNET101_LAYERS, width=64, output_stride=output_stride)
+
+
+def resnet50_deepstem(*, output_stride: int = 16) -> ResNet:
+    """ResNet-50 with the deep stem (23.6 M parameters) at ``output_stride`` 16 (the multi-class
+    label query's released model: ``layer4`` dilated) or 8: the encoder that MulActSeg's
+    ``resnet50_deepstem.pth`` ImageNet weights load into by name."""
+    return ResNet(layers=RESNET50_LAYERS, width=64, output_stride=output_stride, deep_stem=True)

@@ -27,7 +27,7 @@ class SegmenterSpec:
     backbone: str = "tiny"  # key of BACKBONES: encoder + ASPP + decoder
     geometry: str = "hyperbolic"  # "hyperbolic" (ball + MLR), "euclidean" (1×1 classifier) or "cosine"
     num_classes: int = 19  # Cityscapes' 19 train classes by default
-    embed_dim: int = 64  # channels of the embeddings (HALO's REDUCED_CHANNELS)
+    embed_dim: int | None = 64  # channels of the embeddings (HALO's REDUCED_CHANNELS); None (cosine only): no reduction
     curvature: float = 1.0  # initial ball curvature c > 0 (hyperbolic only)
     learnable_curvature: bool = False  # train c (kept > 0 by a softplus parametrisation)
     hfr: bool = True  # Hyperbolic Feature Reweighting before expmap0 (hyperbolic only)
@@ -47,7 +47,14 @@ class SegmenterSpec:
                 f"unknown geometry={self.geometry!r}; expected one of: {', '.join(GEOMETRIES)}"
             )
         _check_int("num_classes", self.num_classes, low=2)
-        _check_int("embed_dim", self.embed_dim, low=1)
+        if self.embed_dim is None:
+            if self.geometry != "cosine":
+                raise ValueError(
+                    f"embed_dim=None (no reduction: classify the backbone features directly) needs "
+                    f"geometry='cosine', but got geometry={self.geometry!r}"
+                )
+        else:
+            _check_int("embed_dim", self.embed_dim, low=1)
         if (
             isinstance(self.curvature, bool)
             or not isinstance(self.curvature, Real)
@@ -128,7 +135,7 @@ def build_segmenter(
     backbone: str = "tiny",
     geometry: str = "hyperbolic",
     num_classes: int = 19,
-    embed_dim: int = 64,
+    embed_dim: int | None = 64,
     curvature: float = 1.0,
     learnable_curvature: bool = False,
     hfr: bool = True,
@@ -143,6 +150,8 @@ def build_segmenter(
     ``curvature``, ``learnable_curvature``, ``hfr``, ``hfr_norm``, ``hfr_positivity``,
     ``head_dtype`` and ``mlr`` only shape the hyperbolic head; they are validated for both
     geometries and recorded in ``segmenter.spec``.
+    ``embed_dim=None`` (geometry ``"cosine"`` only) classifies the backbone features without a
+    1×1 reduction, as the multi-class label query's released head does.
     ``hfr_norm="l2"`` reproduces the HALO reference's HFR scaling, which learns much more slowly
     at this benchmark's resolution (see :class:`~halo_ray.hyperbolic.HFR`).
     """

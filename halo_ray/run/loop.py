@@ -124,6 +124,8 @@ class ActiveLearningRun:
         self.wall_s = 0.0
         #: the best validation so far: {"miou", "step", "round"} (None before the first)
         self.best: dict[str, float | int] | None = None
+        #: the best validation inside the round being trained, with its model (``round_model: best``)
+        self._round_best: dict | None = None
         self._source_state: dict | None = None
         self.last_row: dict | None = None  # the latest round's result row
 
@@ -204,7 +206,7 @@ class ActiveLearningRun:
             self.learner.add_target_labels(self.pool.revealed_labels(rounds=[r]))
         self._train_round(r)
         self.round = r
-        self._finish_round(self.learner.evaluate(), t0)
+        self._finish_round(self._round_model(self.learner.evaluate()), t0)
 
     def close(self) -> None:
         """Flush TensorBoard (marking a finished run's HParams session as ended)."""
@@ -284,10 +286,11 @@ class ActiveLearningRun:
                 prior = torch.stack([per_image[s : s + step].mean(0) for s in range(0, n, step)]).mean(0)
             parts = [self.scorer.region_terms(r, b, prior, width) for b in batches]
             means, dominant = torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
-            if strategy in REGION_STRATEGIES:
-                # our models have no "undefined" output: no channel to ban
-                scores = combine_region_scores(strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES),
-                                               ban_void=False)
+            if strategy in REGION_STRATEGIES:  # with an "undefined" output, regions it dominates score 0
+                scores = combine_region_scores(
+                    strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES) + int(cfg.undefined_output),
+                    ban_void=cfg.undefined_output,
+                )
             else:
                 scores = means
         order, clicks = select_regions(
@@ -321,6 +324,7 @@ class ActiveLearningRun:
             start, total = self.step - cfg.source_steps, cfg.rounds * cfg.round_steps
         else:  # continuous: one schedule over source pre-training and all rounds (RIPU)
             start, total = self.step, cfg.total_steps
+        self._round_best = None
         progress = ProgressLine(self.log, cfg.log_every, f"round {r}/{cfg.rounds}", total, start)
         history: list[tuple[int, float, float]] = []
         for offset, length in validation_chunks(self.step, steps, cfg.eval_every):
@@ -333,11 +337,26 @@ class ActiveLearningRun:
         self.step += steps
 
     def _validate(self, ev: Evaluation, step: int, r: int) -> None:
-        """A validation inside round ``r``: TensorBoard scalars and the best-so-far record."""
+        """A validation inside round ``r``: TensorBoard scalars and the best-so-far record
+        (with ``round_model: best``, also the round's best model, kept in memory)."""
         self._track_best(ev, step, r)
+        if self.cfg.round_model == "best" and improves(ev.miou, self._round_best):
+            self._round_best = {"miou": float(ev.miou), "step": int(step), "eval": ev, "model": self.learner.model_state()}
         self.recorder.validation(ev, step)
         self.log(f"round {r}/{self.cfg.rounds} step {step}: validation mIoU {ev.miou:.2f} "
                  f"(best {self.best['miou']:.2f} at step {self.best['step']})")
+
+    def _round_model(self, ev: Evaluation) -> Evaluation:
+        """The model a round ends with: its last, or with ``round_model: best`` the best of its
+        validations when the last one does not beat it (the released multi-class query acquires
+        with, reports and pseudo-labels from the best checkpoint of each round); its evaluation."""
+        best, self._round_best = self._round_best, None
+        if best is None or improves(ev.miou, best):
+            return ev
+        self.learner.load_model_state(best["model"])
+        self.log(f"round {self.round}/{self.cfg.rounds}: going on with the validation at step {best['step']} "
+                 f"(mIoU {best['miou']:.2f}; the round's last model {ev.miou:.2f})")
+        return best["eval"]
 
     def _finish_round(self, ev: Evaluation, t0: float) -> None:
         """Write the round's row and TensorBoard scalars, then its checkpoint."""

@@ -164,6 +164,7 @@ class Recorder:
 
         values = {key: getattr(self.cfg, key) for key in HPARAM_KEYS}
         values["suppression"] = self.cfg.suppression_size  # the window used, as in the Parquet column
+        values = {k: ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else v for k, v in values.items()}  # "16,8,1"
         exp, ssi, sei = hparams({k: v for k, v in values.items() if v is not None}, {m: 0.0 for m in HPARAM_METRICS})
         sink = self._writer.file_writer
         if end:
