@@ -14,7 +14,13 @@ network outputs):
   selections must be identical), and, for information, the default mode.
 
 The selected masks and updated suppression masks must be identical; the score maps are
-compared too. The run exits with status 1 if any output differs.
+compared too. ``select`` runs on the inputs' device: on a GPU its greedy pass is the device
+path (``_greedy_device``: a tensor fixpoint per candidate chunk), on the CPU the host walk
+(``_greedy``). A second table, after the summary line, times the greedy pass alone on each
+``reference=True`` score map both ways on the benchmark's device - the host walk (on a GPU:
+each candidate chunk copied to the host and walked in Python) and the device path - and
+checks that they pick the same centres in the same order. The run exits with status 1 if any
+output differs.
 
     python benchmarks/acquisition.py                       # 640x1280 and 1024x2048
     python benchmarks/acquisition.py --quick               # 640x1280 only (< ~1 min on CPU)
@@ -46,6 +52,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from halo_ray.acquisition import picks_per_round, score_map, select  # noqa: E402
+from halo_ray.acquisition.selection import _greedy, _greedy_device  # noqa: E402
 
 NUM_CLASSES = 19
 EMBED_DIM = 64
@@ -230,6 +237,7 @@ def benchmark(
     print("-" * len(header))
     all_identical = True
     ratios = []  # (pixels, ratio)
+    greedy_inputs = []  # (size, case, picks, score): the greedy-pass table's inputs
     for height, width in sizes:
         probs, embeddings = make_inputs(height, width, seed=seed, device=device)
         picks = picks_per_round(
@@ -255,6 +263,7 @@ def benchmark(
             diff = float((score - ref_score).abs().max())
             all_identical &= identical and diff <= 1e-5
             ratios.append((height * width, ref_s / ours_s))
+            greedy_inputs.append((f"{height}x{width}", case, picks, score))
             print(
                 f"{f'{height}x{width}':>10} {case.strategy:>12} {picks:>6} {ref_s:>12.3f} {ours_s:>11.3f} "
                 f"{ref_s / ours_s:>8.1f}x {default_s:>10.3f} {str(identical):>10} {diff:>12.2e}",
@@ -270,6 +279,46 @@ def benchmark(
     else:
         target = "target is defined at 2048x1024, not run"
     print(f"\nminimum speed-up {lowest:.1f}x ({target}); all outputs identical: {all_identical}")
+    same_picks = benchmark_greedy(greedy_inputs, device=device, repeats=repeats)
+    return all_identical and same_picks
+
+
+def benchmark_greedy(
+    inputs: list[tuple[str, Case, int, torch.Tensor]], *, device: torch.device, repeats: int
+) -> bool:
+    """The greedy pass alone, host walk vs device path; True when their picks are identical.
+
+    Times (median of ``repeats`` after one warm-up call each) are of ``_greedy`` and
+    ``_greedy_device`` on the same score map, no earlier rounds.
+    """
+    header = (
+        f"{'size':>10} {'strategy':>12} {'picks':>6} {'host walk s':>12} {'device s':>9} "
+        f"{'walk/device':>12} {'identical':>10}"
+    )
+    print(f"\ngreedy pass alone on {device}: host walk (_greedy) vs device path (_greedy_device)")
+    print(header)
+    print("-" * len(header))
+    all_identical = True
+    for size, case, picks, score in inputs:
+        walk = partial(_greedy, score, picks, case.suppression, None)
+        on_device = partial(_greedy_device, score, picks, case.suppression, None)
+        walk(), on_device()  # warm-up
+        walk_times, device_times = [], []
+        for _ in range(repeats):
+            t, walked = _timed(walk, device)
+            walk_times.append(t)
+            t, centres = _timed(on_device, device)
+            device_times.append(t)
+        walk_s = statistics.median(walk_times)
+        device_s = statistics.median(device_times)
+        identical = [tuple(c) for c in centres.tolist()] == walked
+        all_identical &= identical
+        print(
+            f"{size:>10} {case.strategy:>12} {picks:>6} {walk_s:>12.4f} {device_s:>9.4f} "
+            f"{walk_s / device_s:>11.2f}x {str(identical):>10}",
+            flush=True,
+        )
+    print(f"\ngreedy picks identical: {all_identical}")
     return all_identical
 
 

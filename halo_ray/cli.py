@@ -13,6 +13,10 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from halo_ray.distributed.actors import TrialResources
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -113,6 +117,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from halo_ray.results import read_results
 
     resources = TrialResources.per_trial(args.cpus_per_trial, args.gpus_per_trial, args.scorers_per_trial)
+    _check_trial_fits(resources, local=args.address is None)
     results = run_search(space, args.storage, resume=args.resume, resources=resources)
     frame = read_results(results)
     final = frame[frame["round"] == frame["round"].max()]
@@ -122,6 +127,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"{best[space.metric]:.2f} ({best['strategy']}, trial {best['trial_id']}) | results {results}"
     )
     return EXIT_OK
+
+
+def _check_trial_fits(resources: TrialResources, *, local: bool) -> None:
+    """Refuse, before anything is written, trial settings the cluster cannot place (a trial
+    would wait forever); on a cluster given by ``--address``, which may still add nodes, say so
+    and go on."""
+    import ray
+
+    why = resources.unmet([node["Resources"] for node in ray.nodes() if node.get("Alive")])
+    if why is None:
+        return
+    settings = "--cpus-per-trial, --gpus-per-trial and --scorers-per-trial"
+    if local:
+        raise UsageError(f"{settings} ask for more than this machine has: {why}; ask for less")
+    print(f"warning: {settings}: {why}; trials wait until the cluster adds such nodes", file=sys.stderr)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from halo_ray.acquisition import score_map
+from halo_ray.acquisition import score_map, select_centres, square_mask
 from halo_ray.config import HYPERBOLIC_STRATEGIES, ConfigError, ExperimentConfig
 from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benchmark, open_dataset
 from halo_ray.data.labels import CITYSCAPES_CLASSES
@@ -344,10 +344,44 @@ class Learner:
     def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
         """Score maps ``[H, W]`` (CPU float32) of target-train images under the config's strategy,
         at each image's native label size (the network sees ``target_size``)."""
+        return [score.cpu() for _, score in self._score_maps(round_index, indices)]
+
+    def select(
+        self,
+        round_index: int,
+        indices: Sequence[int],
+        picks: Sequence[int],
+        prior: Sequence[np.ndarray],
+        *,
+        suppression: int,
+        keep: Sequence[int] = (),
+    ) -> tuple[list[np.ndarray], dict[int, torch.Tensor]]:
+        """Score and select a chunk of images where the maps are (on the model's device):
+        image ``indices[k]`` gets ``picks[k]`` greedy centres outside the ``suppression``
+        windows of its earlier centres ``prior[k]`` (:meth:`LabelPool.centres_of`) and of each
+        other. Returns the centres (int32 ``[n, 2]`` per image, what the pool records) and the
+        CPU score maps of the images in ``keep`` (pictures of a round): O(picks) leave here,
+        not O(pixels)."""
+        if not len(picks) == len(prior) == len(indices):
+            raise ValueError(f"select needs picks and prior per index: {len(indices)}, {len(picks)}, {len(prior)}")
+        shapes = self.target_shapes()
+        keep = set(int(i) for i in keep)
+        centres: list[np.ndarray] = []
+        kept: dict[int, torch.Tensor] = {}
+        for (i, score), n, before in zip(self._score_maps(round_index, indices), picks, prior, strict=True):
+            earlier = torch.as_tensor(np.asarray(before, np.int64).reshape(-1, 2), device=score.device)
+            active = square_mask(earlier, shapes[i], suppression)  # = the pool's suppressed(i, suppression)
+            picked = select_centres(score, picks=int(n), suppression=suppression, active=active)
+            centres.append(picked.cpu().numpy().astype(np.int32))
+            if i in keep:
+                kept[i] = score.cpu()
+        return centres, kept
+
+    def _score_maps(self, round_index: int, indices: Sequence[int]):
+        """(index, score map ``[H, W]`` on the model's device) per image, a batch at a time."""
         cfg = self.cfg
         shapes = self.target_shapes()
         hyperbolic = cfg.strategy in HYPERBOLIC_STRATEGIES
-        out: list[torch.Tensor] = []
         for start in range(0, len(indices), cfg.eval_batch_size):
             batch = list(indices[start : start + cfg.eval_batch_size])
             images = self.data.target_train.images(batch)  # [B, h, w, 3] at the network input size
@@ -359,16 +393,13 @@ class Learner:
                 probs = self.trainer.upsample(logits[j : j + 1], shapes[i], via=via).softmax(dim=1)[0]  # [C, H, W]
                 ball = self.trainer.upsample(emb[j : j + 1], shapes[i])[0] if hyperbolic else None  # [D, H, W]
                 gen = torch.Generator(device=probs.device).manual_seed(image_seed(cfg.seed, round_index, i))
-                out.append(
-                    score_map(
-                        cfg.strategy, probs, ball,
-                        curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
-                        region_size=cfg.region_size, boundary_window=cfg.boundary_window,
-                        reference=cfg.reference, generator=gen,
-                        unit="region" if cfg.unit == "multiclass" else cfg.unit,  # superpixels average region scores
-                    ).cpu()
+                yield i, score_map(
+                    cfg.strategy, probs, ball,
+                    curvature=c if c is not None else cfg.curvature, bins=cfg.bins,
+                    region_size=cfg.region_size, boundary_window=cfg.boundary_window,
+                    reference=cfg.reference, generator=gen,
+                    unit="region" if cfg.unit == "multiclass" else cfg.unit,  # superpixels average region scores
                 )
-        return out
 
     def _native_logits(self, indices: Sequence[int]):
         """(index, logits ``[1, K, H, W]`` at the native label size) per image, a batch at a time."""

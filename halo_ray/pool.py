@@ -432,6 +432,40 @@ class LabelPool:
         self._void += record.void
         return record
 
+    def reveal_many(
+        self,
+        round: int,
+        indices: Sequence[int],
+        centres: Sequence[np.ndarray],
+        *,
+        region_size: int,
+        unit: Unit = "region",
+    ) -> list[RevealRecord]:
+        """:meth:`reveal` for a chunk of images in one call (one actor round trip per chunk):
+        ``centres[k]`` are image ``indices[k]``'s picks. Each image's reveal is idempotent as
+        :meth:`reveal`'s, so a chunk retried after a failure part-way repeats what was done for
+        free. Every image's centres are checked before any image is revealed."""
+        indices = [self._check_index(i) for i in indices]
+        if len(centres) != len(indices):
+            raise ValueError(f"reveal_many needs one centres array per index, but got {len(centres)} for {len(indices)}")
+        checked = [self._check_centres(c, i) for i, c in zip(indices, centres, strict=True)]
+        return [
+            self.reveal(round, i, c, region_size=region_size, unit=unit)
+            for i, c in zip(indices, checked, strict=True)
+        ]
+
+    def centres_of(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Every centre picked so far (int32 ``[n, 2]``, pick order) of each image in
+        ``indices``: the compact suppression state a scorer needs to select where its maps are
+        (:func:`~halo_ray.acquisition.square_mask` of them is :meth:`suppressed`)."""
+        return [self._centres[self._check_index(i)].copy() for i in indices]
+
+    def images_without(self, round: int) -> list[int]:
+        """Indices of the images that have no reveal record for ``round`` yet (what a round,
+        or a resumed one, still has to select), in index order."""
+        round = self._check_round(round)
+        return [i for i, calls in enumerate(self._calls) if round not in calls]
+
     def _replay(
         self, stored: _Call, picks: np.ndarray, region_size: int, unit: str
     ) -> RevealRecord:

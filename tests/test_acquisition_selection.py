@@ -1,5 +1,6 @@
-"""Greedy selection: budgets, tie-break, suppression across rounds, RA/PA units, and exact
-agreement with the reference's argmax-per-pick loop (hypothesis property test)."""
+"""Greedy selection: budgets, tie-break, suppression across rounds, RA/PA units, exact
+agreement with the reference's argmax-per-pick loop (hypothesis property test), and the device
+path (run on the CPU here) picking exactly the host walk's centres."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halo_ray.acquisition import picks_per_round, select, select_centres, square_mask
+from halo_ray.acquisition import picks_per_round, select, select_centres, selection, square_mask
+from halo_ray.acquisition.selection import _greedy, _greedy_device
 
 
 def reference_greedy(score, active, picks, region_size, suppression, unit="region"):
@@ -304,3 +306,127 @@ def test_cuda_selection_matches_cpu():
     gpu = select(score.to("cuda"), picks=50, region_size=3, suppression=5, active=active.to("cuda"))
     assert gpu[0].device.type == "cuda"
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+
+
+# ----------------------------------------------------------------------------- device path
+
+
+def _assert_device_path_matches_walk(score, picks, suppression, active=None):
+    """``_greedy_device`` (run on the CPU) picks exactly ``_greedy``'s centres, in order."""
+    walked = _greedy(score, picks, suppression, active)
+    centres = _greedy_device(score, picks, suppression, active)
+    assert centres.dtype == torch.int64 and centres.device == score.device
+    assert centres.shape == (len(walked), 2)
+    assert [tuple(c) for c in centres.tolist()] == walked
+
+
+def _random_score(gen, height, width, dtype):
+    """A random map of one of several kinds: continuous, few levels (ties), constant, with
+    ``-inf`` rectangles and pixels, and now and then ``+inf`` pixels."""
+    kind = int(torch.randint(0, 4, (1,), generator=gen))
+    score = torch.rand((height, width), generator=gen, dtype=torch.float64)
+    if kind == 1:  # few levels -> many ties
+        levels = int(torch.randint(1, 5, (1,), generator=gen))
+        score = torch.floor(score * levels)
+    elif kind == 2:  # a plateau: the greedy pass walks it in column-major order
+        score = torch.zeros_like(score)
+    elif kind == 3:  # smooth ramps rounded to a few decimals: long runs of near-equal ties
+        rows = torch.arange(height, dtype=torch.float64)[:, None]
+        cols = torch.arange(width, dtype=torch.float64)[None, :]
+        score = torch.round((torch.sin(rows / 7) + torch.cos(cols / 11) + 0.1 * score) * 20)
+    if bool(torch.rand((1,), generator=gen) < 0.4):  # a -inf rectangle and -inf pixels
+        r0, c0 = (
+            int(torch.randint(0, height, (1,), generator=gen)),
+            int(torch.randint(0, width, (1,), generator=gen)),
+        )
+        score[r0 : r0 + height // 3 + 1, c0 : c0 + width // 3 + 1] = -math.inf
+        score[torch.rand((height, width), generator=gen) < 0.1] = -math.inf
+    if bool(torch.rand((1,), generator=gen) < 0.15):
+        score[torch.rand((height, width), generator=gen) < 0.02] = math.inf
+    return score.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("suppression", [1, 3, 11, 25])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (23, 1), (37, 53), (128, 256)])
+def test_device_path_matches_walk_on_random_maps(shape, suppression, dtype):
+    height, width = shape
+    gen = torch.Generator().manual_seed(height * 1000 + width * 10 + suppression)
+    free_per_window = max(1, (height * width) // ((suppression // 2 + 1) ** 2))
+    for _ in range(2 if height * width > 10_000 else 5):  # the large maps: long chains on CPU
+        score = _random_score(gen, height, width, dtype)
+        active = None
+        if bool(torch.rand((1,), generator=gen) < 0.5):
+            density = float(torch.rand((1,), generator=gen)) * 0.6
+            active = torch.rand((height, width), generator=gen) < density
+        choices = [0, 1, 2, free_per_window // 3 + 1, free_per_window, height * width + 5]
+        picks = choices[int(torch.randint(0, len(choices), (1,), generator=gen))]
+        _assert_device_path_matches_walk(score, picks, suppression, active)
+
+
+def test_device_path_on_plateaus_and_edge_cases():
+    # constant maps: ties in column-major order, the longest fixpoint chains
+    for shape, suppression in [((40, 60), 3), ((33, 70), 11), ((5, 5), 5), ((1, 50), 3)]:
+        for picks in (1, 7, 10_000):
+            _assert_device_path_matches_walk(torch.zeros(shape), picks, suppression)
+    # nothing available: all -inf, all active, no picks
+    _assert_device_path_matches_walk(torch.full((6, 7), -math.inf), 3, 3)
+    _assert_device_path_matches_walk(torch.rand(6, 7), 3, 3, torch.ones(6, 7, dtype=torch.bool))
+    _assert_device_path_matches_walk(torch.rand(6, 7), 0, 3)
+    assert _greedy_device(torch.rand(6, 7), 0, 3, None).shape == (0, 2)
+    # one available pixel
+    score = torch.full((9, 9), -math.inf)
+    score[4, 6] = -1e30
+    assert _greedy_device(score, 5, 3, None).tolist() == [[4, 6]]
+
+
+def test_device_path_over_several_candidate_chunks(monkeypatch):
+    # suppression 25 on 150x170 leaves room for far fewer than 600 picks: every chunk runs dry,
+    # so later chunks (blocked by the earlier chunks' picks) are resolved too
+    gen = torch.Generator().manual_seed(6)
+    score = torch.rand((150, 170), generator=gen)
+    _assert_device_path_matches_walk(score, 600, 25)
+    # tiny chunks: many of them, and (on rounded maps) ties straddling the chunk thresholds
+    monkeypatch.setattr(selection, "_MIN_CHUNK", 7)
+    monkeypatch.setattr(selection, "_CANDIDATES_PER_PICK", 0)
+    monkeypatch.setattr(selection, "_CHUNK_GROWTH", 1)
+    _assert_device_path_matches_walk(score, 300, 9)
+    _assert_device_path_matches_walk(torch.round(score * 60) / 60, 300, 9)
+    active = torch.rand((150, 170), generator=gen) < 0.3
+    _assert_device_path_matches_walk(torch.round(score * 30) / 30, 10_000, 5, active)
+
+
+def test_device_path_settings_do_not_change_the_picks(monkeypatch):
+    # float64 ranks (used above 2^24 candidates) and a stop test after every iteration
+    gen = torch.Generator().manual_seed(7)
+    score = torch.round(torch.rand((64, 96), generator=gen) * 5)
+    expected = _greedy(score, 200, 5, None)
+    monkeypatch.setattr(selection, "_FLOAT32_RANKS", 0)
+    monkeypatch.setattr(selection, "_FIXPOINT_CHECK", 1)
+    assert [tuple(c) for c in _greedy_device(score, 200, 5, None).tolist()] == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_select_centres_uses_the_device_path_and_matches_cpu(monkeypatch):
+    gen = torch.Generator().manual_seed(8)
+    score = torch.round(torch.rand((300, 500), generator=gen) * 50) / 50  # ties
+    active = torch.rand((300, 500), generator=gen) < 0.2
+    cpu = select_centres(score, picks=700, suppression=11, active=active)
+
+    def walk_not_allowed(*args):
+        raise AssertionError("the host walk ran on a CUDA score")
+
+    monkeypatch.setattr(selection, "_greedy", walk_not_allowed)
+    gpu = select_centres(score.cuda(), picks=700, suppression=11, active=active.cuda())
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("cap", [0, 1, 10**9])
+def test_device_path_hands_long_chains_to_the_host_walk_with_the_same_picks(monkeypatch, cap):
+    """A chunk unsettled after ``_FIXPOINT_MAX`` iterations (a plateau) is finished by the walk:
+    the same picks whether it takes over at once, after one group, or never."""
+    monkeypatch.setattr(selection, "_FIXPOINT_MAX", cap)
+    gen = torch.Generator().manual_seed(9)
+    for score in (torch.zeros((40, 60)), torch.round(torch.rand((50, 70), generator=gen) * 4)):
+        expected = _greedy(score, 150, 5, None)
+        assert [tuple(c) for c in _greedy_device(score, 150, 5, None).tolist()] == expected

@@ -650,3 +650,36 @@ def test_memory_of_a_10_image_1000x2000_pool_at_1_percent():
     assert pool.nbytes() <= 1.1 / 8 * pool.total_pixels + BYTES_PER_LABELLED * revealed
     bits_per_pixel = 8 * pool.nbytes() / pool.total_pixels
     assert bits_per_pixel < 1.6  # vs 8 for a dense uint8 label map
+
+
+# --------------------------------------------------------------------------------------------
+# chunk calls: one actor round trip per chunk of images
+# --------------------------------------------------------------------------------------------
+
+
+def test_reveal_many_is_reveal_per_image_and_centres_of_is_the_compact_suppression_state():
+    from halo_ray.acquisition import square_mask
+
+    shapes = [(20, 30), (16, 16), (25, 9)]
+    a, _ = make_pool(shapes)
+    b, _ = make_pool(shapes)
+    rng = np.random.default_rng(0)
+    for r in (1, 2):
+        centres = [np.stack([rng.integers(0, h, 4), rng.integers(0, w, 4)], 1) for h, w in shapes]
+        assert b.images_without(r) == [0, 1, 2]
+        records = b.reveal_many(r, [0, 1, 2], centres, region_size=3, unit="region")
+        assert records == [a.reveal(r, i, c, region_size=3) for i, c in enumerate(centres)]
+        assert b.reveal_many(r, [1], [centres[1]], region_size=3) == [records[1]]  # a retried chunk is free
+        assert b.images_without(r) == [] and b.images_without(r + 1) == [0, 1, 2]
+    assert a.state_dict().keys() == b.state_dict().keys()
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]) if isinstance(value, torch.Tensor) else value == b.state_dict()[key]
+    for i, earlier in enumerate(b.centres_of([0, 1, 2])):
+        assert earlier.shape == (8, 2)
+        mask = square_mask(torch.as_tensor(earlier, dtype=torch.int64), shapes[i], 11).numpy()
+        np.testing.assert_array_equal(mask, b.suppressed(i, 11))
+    with pytest.raises(ValueError, match="one centres array per index"):
+        b.reveal_many(3, [0, 1], [centres[0]], region_size=3)
+    with pytest.raises(ValueError):  # image 2's centre is outside its 25x9 image: nothing is revealed
+        b.reveal_many(3, [0, 2], [centres[0], np.array([[0, 20]])], region_size=3)
+    assert b.images_without(3) == [0, 1, 2]

@@ -237,3 +237,69 @@ def test_a_run_keeps_its_last_round_checkpoints_only(tiny_config_values, tmp_pat
     assert kept == [f"round_{r:03d}.pt" for r in range(4 - keep, 4)]
     with pytest.raises(ConfigError, match="keep_checkpoints must be an integer >= 1"):
         build_config({**tiny_config_values, "keep_checkpoints": 0})
+
+
+class _Recording:
+    """Passes method calls through to ``target`` and keeps (name, returned value) of each."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.returned: list[tuple[str, object]] = []
+
+    def __getattr__(self, name):
+        method = getattr(self.target, name)
+
+        def call(*args, **kwargs):
+            out = method(*args, **kwargs)
+            self.returned.append((name, out))
+            return out
+
+        return call
+
+
+def _sizes(value) -> list[int]:
+    """Element counts of every array or tensor inside ``value`` (lists, tuples, dicts)."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return [int(value.size if isinstance(value, np.ndarray) else value.numel())]
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _sizes(v)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _sizes(v)]
+    return []
+
+
+def test_selection_happens_where_the_maps_are(tiny_config_values, tmp_path):
+    """The driver gets centres back, never a full-resolution map: per chunk of images one
+    scorer call and two pool calls. The picks are the dense path's (score map → the pool's
+    suppression map → greedy walk), round 1 and round 2 (earlier centres suppress)."""
+    from halo_ray.acquisition import select_centres
+    from halo_ray.learner import Learner, open_split
+    from halo_ray.pool import DatasetOracle, LabelPool
+    from halo_ray.run import ActiveLearningRun
+
+    cfg = build_config({**tiny_config_values, "log_images": 0, "eval_batch_size": 2})
+    learner = Learner(cfg, log=_quiet)
+    shapes = [tuple(s) for s in learner.target_shapes()]
+    scorer = _Recording(learner)
+    pool = _Recording(LabelPool(shapes, DatasetOracle(open_split(cfg, "train"))))
+    run = ActiveLearningRun(cfg, tmp_path / "run", learner=learner, scorer=scorer, pool=pool, log=_quiet,
+                            tensorboard=False)
+    run.start_or_resume(False)
+    picks = picks_per_round(*shapes[0], budget_pct=cfg.budget, rounds=cfg.rounds, region_size=cfg.region_size)
+    for r in (1, 2):
+        want = [
+            select_centres(learner.score(r, [i])[0], picks=picks, suppression=cfg.suppression_size,
+                           active=torch.from_numpy(pool.target.suppressed(i, cfg.suppression_size))).numpy()
+            for i in range(len(shapes))
+        ]
+        scorer.returned.clear()
+        pool.returned.clear()
+        run.select_round(r)
+        for i in range(len(shapes)):
+            np.testing.assert_array_equal(pool.target.centres(i, round=r), want[i])
+        chunks = -(-len(shapes) // (4 * cfg.eval_batch_size))
+        assert [name for name, _ in scorer.returned] == ["select"] * chunks
+        calls = [name for name, _ in pool.returned]
+        assert calls == ["images_without"] + ["centres_of", "reveal_many"] * chunks
+        biggest = max(n for _, out in scorer.returned + pool.returned for n in _sizes(out))
+        assert biggest <= 2 * r * picks < shapes[0][0] * shapes[0][1] // 50

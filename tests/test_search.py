@@ -385,3 +385,27 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
                       shapes=[(64, 128)] * 8)
     pool.load_state_dict(state["pool"])
     assert pool.clicks == frame["clicks"].iloc[-1]
+
+
+def test_trial_resources_the_cluster_cannot_place_are_refused_before_the_search(ray_session, tmp_path, capsys,
+                                                                                 tiny_config_values):
+    """3 scorers of 0.9 CPU each beside the learner and the driver need 3.7 CPUs; the test
+    cluster has 2: exit 2 naming the settings and the need, nothing written."""
+    space = _space(tmp_path, tiny_config_values)
+    storage = tmp_path / "runs"
+    assert main(["search", str(space), "--storage", str(storage), "--scorers-per-trial", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--scorers-per-trial ask for more than this machine has" in err
+    assert "one trial needs 5 bundles (3.7 CPUs, 0 GPUs" in err and "nodes have 2 CPU/0 GPU" in err
+    assert not storage.exists()
+
+
+def test_trial_bundles_are_packed_over_the_nodes():
+    from halo_ray.distributed.actors import TrialResources
+
+    two_scorers = TrialResources.per_trial(2.0, 1.0, scorers=2)  # bundles: 0.2 CPU, 3 x (1.8 CPU, 1 GPU)
+    assert two_scorers.unmet([{"CPU": 4, "GPU": 2}, {"CPU": 2, "GPU": 1}]) is None
+    assert "one trial needs 4 bundles (5.6 CPUs, 3 GPUs" in two_scorers.unmet([{"CPU": 8, "GPU": 2}])
+    assert "nodes have 1.9 CPU/1 GPU, 1.9 CPU/1 GPU, 1.9 CPU/1 GPU" in two_scorers.unmet([{"CPU": 1.9, "GPU": 1}] * 3)
+    assert TrialResources().unmet([{"CPU": 1.0}]) is None
+    assert TrialResources().unmet([]) is not None

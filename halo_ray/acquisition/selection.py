@@ -8,6 +8,11 @@ earlier round, via ``active``) suppressed. A pick costs one slice assignment of 
 ``suppression²`` window, never a pass over the map. Only as many top candidates as needed are ordered: the walk takes
 the best chunk by a partial selection, and a further chunk only if that one runs dry.
 
+On a GPU the walk would cost a host transfer per chunk and a Python visit per free
+candidate, so there each chunk's greedy pass is instead solved on the device as the fixpoint
+of a whole-map tensor iteration (``_greedy_device``), with a bounded number of host
+synchronisations: a few per chunk and one per group of iterations, none per pick.
+
 The result is the reference's greedy choice exactly: the same centres in the same order.
 """
 
@@ -19,6 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ._checks import check_count, check_odd
 
@@ -33,6 +39,14 @@ _CHUNK_GROWTH = 4
 # Candidates screened per vectorised gather in the walk (doubling up to the maximum).
 _WALK_BATCH = 256
 _WALK_BATCH_MAX = 8192
+# Device path: fixpoint iterations between two stop tests (host synchronisations), at most.
+_FIXPOINT_CHECK = 8
+# Device path: a chunk still unsettled after this many fixpoint iterations (long chains of ties,
+# about two iterations per pick on a plateau) is finished by the host walk, exactly.
+_FIXPOINT_MAX = 64
+# Device path: chunks of at most this many candidates rank in float32 (integers are exact up to
+# 2^24), larger ones in float64.
+_FLOAT32_RANKS = 2**24
 
 
 # ----------------------------------------------------------------------------- validation
@@ -242,6 +256,167 @@ def _greedy(
     return out
 
 
+# ----------------------------------------------------------------------------- device path
+
+
+def _window_max(plane: torch.Tensor, radius: int) -> torch.Tensor:
+    """Maximum over the clipped ``(2·radius+1)²`` window around every cell of a 2-D float map.
+
+    Two separable 1-D max-pools (O(side) per cell, not O(side²)); the padding is ``-inf``, so
+    the window is clipped at the border.
+    """
+    if radius == 0:
+        return plane
+    side = 2 * radius + 1
+    x = F.max_pool2d(plane[None, None], (side, 1), stride=1, padding=(radius, 0))
+    x = F.max_pool2d(x, (1, side), stride=1, padding=(0, radius))
+    return x[0, 0]
+
+
+def _chunk_fixpoint(
+    order: torch.Tensor,
+    blocked: torch.Tensor,
+    height: int,
+    radius: int,
+    need: int,
+) -> torch.Tensor:
+    """The greedy pass over one candidate chunk, as a fixpoint of tensor ops on its device.
+
+    ``order`` holds the chunk's column-major flat indices (``flat = col·H + row``), best first;
+    ``blocked`` is the column-major bool map of centres suppressed before this chunk. The
+    greedy pass takes candidate ``i`` iff it is free and no earlier taken candidate lies within
+    Chebyshev distance ``radius``: ``taken_i = free_i AND NOT any(j < i: taken_j AND
+    conflict(i, j))``. That system has exactly one solution (candidate ``i`` depends only on
+    earlier ones), so iterating it from ``taken = free`` until it stops changing gives the
+    greedy pass. The number of iterations is the length of the longest chain of candidates
+    whose fate hangs on the one before (at most the chunk's size): a few on natural score maps,
+    about two per pick on a plateau, where ties are walked in column-major order.
+
+    Blocked candidates are dropped first (they are never taken and block nothing), and the
+    iteration runs on the bounding box of the free ones: a pick's window only reaches other
+    candidates, all inside. One iteration is a few elementwise passes over that box: the
+    ranks of the taken candidates, their windowed minimum (two 1-D max-pools of ``-rank``)
+    and the comparison with each candidate's own rank - no gather, scatter or loop over
+    candidates.
+
+    The iteration stops before the whole chunk settles once enough picks are final: where the
+    new iterate agrees with the old one on a prefix of the order, that prefix is a fixpoint of
+    the prefix's own system and therefore final; once it holds ``need`` taken candidates,
+    those are the picks. The stop test is the only host synchronisation in the loop; it runs
+    after groups of 1, 2, 4, ... iterations, at most ``_FIXPOINT_CHECK`` (iterating past the
+    fixpoint changes nothing, and the iterations of a group queue on the device unawaited).
+    A chunk not settled after ``_FIXPOINT_MAX`` iterations (a plateau's long chain of ties)
+    is finished by the host walk instead (:func:`_walk_on_host`, same picks): one transfer
+    instead of ~two iterations per remaining pick.
+
+    Returns:
+        The first ``need`` (fewer when the chunk runs dry) picks' flat indices, in pick order,
+        on ``order``'s device.
+    """
+    order = order[~blocked[order]]
+    count = order.numel()
+    if count == 0:
+        return order
+    cols, rows = order // height, order % height
+    c0, c1, r0, r1 = torch.stack((cols.min(), cols.max(), rows.min(), rows.max())).tolist()
+    box_w, box_h = c1 - c0 + 1, r1 - r0 + 1
+    local = (cols - c0) * box_h + (rows - r0)  # flat index in the column-major box
+    device = order.device
+    dtype = torch.float32 if count <= _FLOAT32_RANKS else torch.float64  # exact ranks
+    minus_inf = torch.tensor(-math.inf, dtype=dtype, device=device)
+    neg_rank = torch.full((box_w * box_h,), -math.inf, dtype=dtype, device=device)
+    neg_rank[local] = -torch.arange(count, dtype=dtype, device=device)
+    free = neg_rank > -math.inf
+    taken = free
+    check = 1
+    iterations = 0
+    while True:
+        if iterations >= _FIXPOINT_MAX:  # a long chain of ties: the walk is cheaper
+            return _walk_on_host(order, blocked, height, radius, need)
+        iterations += check
+        for _ in range(check):
+            # -(smallest rank of a taken candidate) per window; > -rank_i = an earlier pick
+            nearest = _window_max(
+                torch.where(taken, neg_rank, minus_inf).view(box_w, box_h), radius
+            )
+            taken, previous = free & (nearest.view(-1) <= neg_rank), taken
+        check = min(2 * check, _FIXPOINT_CHECK)
+        changed = taken != previous
+        # rank of the first change (+inf if none): every rank below it is final
+        first_change = -torch.where(changed, neg_rank, minus_inf).max()
+        settled = torch.count_nonzero(taken & (-neg_rank < first_change))
+        if bool((settled >= need) | ~changed.any()):
+            break
+    picked = torch.nonzero(taken[local]).reshape(-1)[:need]
+    return order[picked]
+
+
+def _walk_on_host(order: torch.Tensor, blocked: torch.Tensor, height: int, radius: int, need: int) -> torch.Tensor:
+    """One chunk by the host walk (:func:`_walk`): ``order`` and the column-major ``blocked``
+    map go to the host once, the first ``need`` picks' flat indices come back to the device."""
+    width = blocked.numel() // height
+    marks = blocked.view(width, height).cpu().numpy().astype(np.uint8)
+    out: list[tuple[int, int]] = []
+    _walk(order.cpu().numpy(), marks, radius, need, out)
+    flat = [col * height + row for row, col in out]
+    return torch.tensor(flat, dtype=torch.int64, device=order.device)
+
+
+def _greedy_device(
+    score: torch.Tensor, picks: int, suppression: int, active: torch.Tensor | None
+) -> torch.Tensor:
+    """The same picks as :func:`_greedy`, computed on the score's device, as ``[n, 2]`` int64.
+
+    :func:`_greedy` walks each candidate chunk in Python on the host, which on a GPU costs a
+    transfer per chunk and a Python visit per free candidate. Here the same chunks (the same
+    partial selection and stable sort) are resolved by :func:`_chunk_fixpoint` with tensor
+    ops on the device, and the suppression windows of a chunk's picks are marked by one
+    dilation. Host synchronisations: one per call, a few per chunk and one per group of
+    fixpoint iterations - none per pick or per candidate. ``select_centres`` uses it on every non-CPU device; it runs on
+    the CPU too (slower than the walk there), which the tests use to check it.
+    """
+    height, width = score.shape
+    device = score.device
+    values = score.t().reshape(-1)  # column-major: flat = col·H + row
+    if values.dtype not in (torch.float32, torch.float64):
+        values = values.to(torch.float32)
+    available = values > -math.inf
+    if active is not None:
+        available &= ~active.t().reshape(-1)
+    values = torch.where(available, values, torch.full_like(values, -math.inf))
+    n_available = int(torch.count_nonzero(available))
+    found: list[torch.Tensor] = []
+    n_found = 0
+    if picks == 0 or n_available == 0:
+        return torch.zeros((0, 2), dtype=torch.int64, device=device)
+    radius = suppression // 2
+    blocked = torch.zeros(width * height, dtype=torch.bool, device=device)
+    upper: torch.Tensor | None = None  # candidates >= upper were resolved already
+    taken = 0
+    chunk = max(_MIN_CHUNK, picks * _CANDIDATES_PER_PICK)
+    while n_found < picks and taken < n_available:
+        k = min(n_available, taken + chunk)
+        threshold = torch.topk(values, k, sorted=False).values.min()  # the k-th largest
+        members = values >= threshold
+        if upper is not None:
+            members &= values < upper
+        index = torch.nonzero(members).reshape(-1)  # ascending = column-major tie order
+        ranked = torch.sort(values[index], descending=True, stable=True).indices
+        order = index[ranked]
+        chosen = _chunk_fixpoint(order, blocked, height, radius, picks - n_found)
+        found.append(chosen)
+        n_found += chosen.numel()
+        if n_found < picks:  # later chunks: block the new picks' windows
+            marks = torch.zeros(width * height, dtype=torch.float32, device=device)
+            marks[chosen] = 1.0
+            blocked |= _window_max(marks.view(width, height), radius).view(-1) > 0
+        taken += order.numel()
+        upper = threshold
+        chunk *= _CHUNK_GROWTH
+    flat = torch.cat(found)
+    return torch.stack((flat % height, flat // height), dim=1)
+
+
 def select_centres(
     score: torch.Tensor,
     *,
@@ -255,12 +430,16 @@ def select_centres(
     in the ``suppression x suppression`` window of an earlier pick of this call. Ties go to
     the smallest column, then the smallest row (the reference's ``torch.max`` order);
     ``-inf`` scores are never picked. Returns fewer than ``picks`` rows (``n < picks``) when
-    the map runs out of available centres.
+    the map runs out of available centres. On the CPU the ordered candidates are walked in
+    Python (fastest there); on any other device the same greedy pass runs as tensor ops on
+    the device (``_greedy_device``) - the same centres in the same order.
     """
     score = _check_score(score)
     picks = check_count("picks", picks)
     suppression = check_odd("suppression", suppression)
     active = _check_active(active, score)
+    if score.device.type != "cpu":  # no per-chunk host transfer, no Python walk
+        return _greedy_device(score, picks, suppression, active)
     centres = _greedy(score, picks, suppression, active)
     return torch.tensor(centres, dtype=torch.int64, device=score.device).reshape(-1, 2)
 

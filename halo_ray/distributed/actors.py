@@ -8,7 +8,7 @@ to its bundle: without pinning some layouts hang silently (docs/architecture.md 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +62,34 @@ class TrialResources:
             bundle["GPU"] = self.learner_gpus
         return bundle
 
+    def bundles(self) -> list[dict[str, float]]:
+        """The trial's placement-group bundles: the driver's, the learner's, one per scorer."""
+        return [{"CPU": self.driver_cpus}] + [self.worker_bundle()] * (1 + self.scorers)
+
+    def unmet(self, nodes: Sequence[Mapping[str, float]]) -> str | None:
+        """Why one trial's bundles cannot be placed on ``nodes`` (each node's total resources,
+        e.g. ``ray.nodes()[k]["Resources"]``), or None when they can: the biggest bundles go
+        first, each onto the first node with room (first-fit decreasing; Ray may split a
+        trial's bundles over nodes)."""
+        capacity = [{"CPU": float(n.get("CPU", 0.0)), "GPU": float(n.get("GPU", 0.0))} for n in nodes]
+        free = [dict(c) for c in capacity]
+        for bundle in sorted(self.bundles(), key=lambda b: (b.get("GPU", 0.0), b["CPU"]), reverse=True):
+            need = {"CPU": bundle["CPU"], "GPU": bundle.get("GPU", 0.0)}
+            home = next((f for f in free if all(f[k] + 1e-9 >= v for k, v in need.items())), None)
+            if home is None:
+                total = {k: sum(b.get(k, 0.0) for b in self.bundles()) for k in ("CPU", "GPU")}
+                have = ", ".join(f"{c['CPU']:g} CPU/{c['GPU']:g} GPU" for c in capacity) or "none"
+                return (
+                    f"one trial needs {len(self.bundles())} bundles ({total['CPU']:g} CPUs, {total['GPU']:g} GPUs: a "
+                    f"driver bundle, the learner and {self.scorers} scorer(s) of {self.learner_cpus:g} CPU/"
+                    f"{self.learner_gpus:g} GPU each), but the cluster's nodes have {have}"
+                )
+            for k, v in need.items():
+                home[k] -= v
+        return None
+
     def placement_group_factory(self) -> tune.PlacementGroupFactory:
-        return tune.PlacementGroupFactory([{"CPU": self.driver_cpus}] + [self.worker_bundle()] * (1 + self.scorers))
+        return tune.PlacementGroupFactory(self.bundles())
 
 
 class ActorProxy:
@@ -123,21 +149,53 @@ class FanOutScorer:
         ray.get([s.load_model_state.remote(weights) for s in self._scorers], timeout=self._timeout_s)
         self._synced_round = round_index
 
+    def _parts(self, count: int) -> list[slice]:
+        """Contiguous, near-equal parts of ``count`` items, one per scorer (fewer if fewer items)."""
+        n = min(len(self._scorers), count)
+        bounds = [round(k * count / n) for k in range(n + 1)] if n else [0]
+        return [slice(bounds[k], bounds[k + 1]) for k in range(n)]
+
     def _fan_out(self, method: str, round_index: int, indices: Sequence[int], *args: Any) -> list[Any]:
         """``scorer.<method>(round_index, chunk, *args)`` on contiguous chunks, results in order."""
         self.sync(round_index)
         indices = list(indices)
-        n = min(len(self._scorers), len(indices))
-        bounds = [round(k * len(indices) / n) for k in range(n + 1)] if n else [0]
         refs = [
-            getattr(scorer, method).remote(round_index, indices[bounds[k] : bounds[k + 1]], *args)
-            for k, scorer in enumerate(self._scorers[:n])
+            getattr(scorer, method).remote(round_index, indices[part], *args)
+            for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
         ]
         return ray.get(refs, timeout=self._timeout_s)
 
     def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
         """Score maps ``[H, W]`` in the order of ``indices``, computed in parallel."""
         return [score for chunk in self._fan_out("score", round_index, indices) for score in chunk]
+
+    def select(
+        self,
+        round_index: int,
+        indices: Sequence[int],
+        picks: Sequence[int],
+        prior: Sequence[Any],
+        *,
+        suppression: int,
+        keep: Sequence[int] = (),
+    ) -> tuple[list[Any], dict[int, torch.Tensor]]:
+        """:meth:`Learner.select <halo_ray.learner.Learner.select>` over the scorers, each on a
+        contiguous part of ``indices`` with its images' picks and earlier centres; centres in
+        the order of ``indices`` (only centres and the ``keep`` maps come back)."""
+        self.sync(round_index)
+        indices, picks, prior = list(indices), list(picks), list(prior)
+        refs = [
+            scorer.select.remote(
+                round_index, indices[part], picks[part], prior[part], suppression=suppression, keep=list(keep)
+            )
+            for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
+        ]
+        centres: list[Any] = []
+        kept: dict[int, torch.Tensor] = {}
+        for part, maps in ray.get(refs, timeout=self._timeout_s):
+            centres += part
+            kept.update(maps)
+        return centres, kept
 
     def class_means(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
         """Unit multiclass: per-image mean class probabilities (:meth:`Learner.class_means`)."""

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from halo_ray.acquisition import picks_per_round, select_centres
+from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.learner import (
@@ -58,9 +58,13 @@ __all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
 
 
 class Scorer(Protocol):
-    """Anything that scores target-train images like :meth:`Learner.score`."""
+    """Anything that scores and selects target-train images like :meth:`Learner.select` (and,
+    for the multi-class unit, :meth:`Learner.class_means` / :meth:`Learner.region_terms`)."""
 
-    def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]: ...
+    def select(
+        self, round_index: int, indices: Sequence[int], picks: Sequence[int], prior: Sequence[np.ndarray], *,
+        suppression: int, keep: Sequence[int] = (),
+    ) -> tuple[list[np.ndarray], dict[int, torch.Tensor]]: ...
 
 
 class ActiveLearningRun:
@@ -214,9 +218,15 @@ class ActiveLearningRun:
 
     # -- one round's parts ------------------------------------------------------------
     def select_round(self, r: int) -> None:
-        """Score every target-train image not yet done this round and reveal its picks.
+        """Select round ``r`` on every target-train image not yet done this round and reveal
+        its picks, a chunk of images at a time.
 
-        Scores, picks and the budget are in native label pixels (whatever ``target_size``).
+        Per chunk three calls: the pool's earlier centres of the chunk (the compact
+        suppression state), the scorer's :meth:`~halo_ray.learner.Learner.select` (scores and
+        greedy picks where the maps are, on the model's device), and the pool's
+        ``reveal_many``. Only centres travel, never a full-resolution map (except the score
+        maps of the ``log_images`` pictures). Scores, picks and the budget are in native label
+        pixels (whatever ``target_size``).
         """
         cfg = self.cfg
         picks = {  # per native (H, W): the budget is a share of each image's own pixels
@@ -226,20 +236,19 @@ class ActiveLearningRun:
             )
             for shape in set(self.shapes)
         }
-        todo = [i for i in range(len(self.shapes)) if r not in self.pool.rounds_done(i)]
+        todo = self.pool.images_without(r)
         shown = [i for i in range(min(cfg.log_images, len(self.shapes))) if i in todo]
         scores_shown: dict[int, torch.Tensor] = {}
         chunk = max(cfg.eval_batch_size, 1) * 4
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
-            for i, score in zip(batch, self.scorer.score(r, batch), strict=True):
-                active = torch.tensor(self.pool.suppressed(i, cfg.suppression_size))  # a copy: actor results are read-only
-                centres = select_centres(
-                    score, picks=picks[self.shapes[i]], suppression=cfg.suppression_size, active=active
-                )
-                self.pool.reveal(r, i, centres.numpy(), region_size=cfg.region_size, unit=cfg.unit)
-                if i in shown:
-                    scores_shown[i] = score
+            prior = self.pool.centres_of(batch)
+            centres, kept = self.scorer.select(
+                r, batch, [picks[self.shapes[i]] for i in batch], prior, suppression=cfg.suppression_size,
+                keep=[i for i in batch if i in shown],
+            )
+            self.pool.reveal_many(r, batch, centres, region_size=cfg.region_size, unit=cfg.unit)
+            scores_shown.update(kept)
         if shown:
             self.recorder.selection(
                 r, self.step, self.learner.snapshot(shown), [scores_shown[i] for i in shown], shown, self.names,
