@@ -38,6 +38,7 @@ from halo_ray.multiclass import (
     region_means,
     region_terms,
 )
+from halo_ray.region_answers import RegionAnswers
 from halo_ray.sampling import ClassBalancedSampler
 from halo_ray.training import ProgressFn, Trainer, resolve_device
 
@@ -81,6 +82,14 @@ def superpixel_source(cfg: ExperimentConfig) -> CachedSuperpixels:
     (:meth:`~halo_ray.data.superpixels.CachedSuperpixels.ensure` fills it)."""
     return CachedSuperpixels(
         open_split(cfg, "train"), cfg.superpixel_cache, method=cfg.superpixels, num_superpixels=cfg.num_superpixels
+    )
+
+
+def region_answers(cfg: ExperimentConfig) -> RegionAnswers:
+    """Unit multiclass: every target-train superpixel's ground-truth answer, cached beside the
+    superpixels (:class:`~halo_ray.region_answers.RegionAnswers`), for the run's pool."""
+    return RegionAnswers(
+        superpixel_source(cfg), open_split(cfg, "train"), num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim
     )
 
 
@@ -539,5 +548,5 @@ class Learner:
 
 __all__ = [
     "Learner", "LogFn", "RunData", "cached_class_presence", "class_presence", "ensure_data", "image_seed",
-    "ensure_superpixels", "log_to_stderr", "open_split", "prepare_data", "superpixel_source",
+    "ensure_superpixels", "log_to_stderr", "open_split", "prepare_data", "region_answers", "superpixel_source",
 ]

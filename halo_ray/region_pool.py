@@ -60,6 +60,9 @@ class RegionPool:
         trim: border band excluded when reading an answer (released: 5).
         bill_void: charge the void bit as a click (released Cityscapes: yes).
         shapes: the images' ``(H, W)``, for the labelled share in :meth:`summary`.
+        answers: ``answers(index)`` → (every region's multi-hot answer ``[R, C + 1]``, its
+            pixel count ``[R]``), e.g. a :class:`~halo_ray.region_answers.RegionAnswers` that
+            keeps them on disk; None = read from ``superpixels`` and ``oracle`` each time.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class RegionPool:
         trim: int = 5,
         bill_void: bool = True,
         shapes: Sequence[tuple[int, int]] | None = None,
+        answers: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be an integer >= 1, got {num_images!r}")
@@ -79,6 +83,7 @@ class RegionPool:
             raise ValueError(f"num_classes must be in 1..254, got {num_classes}")
         self._superpixels = superpixels
         self._oracle = oracle
+        self._answer_source = answers
         self.num_classes = int(num_classes)
         self.trim = int(trim)
         self.bill_void = bool(bill_void)
@@ -127,12 +132,12 @@ class RegionPool:
         answers = np.zeros((0, self.num_classes + 1), np.uint8)
         sizes = np.zeros(0, np.int32)
         if ids.size:
-            multihot, spx = self._answers_of(index)
+            multihot, pixels = self._answers_of(index)
             num = multihot.shape[0]
             if ids.min() < 0 or ids.max() >= num:
                 raise ValueError(f"image {index} has superpixel ids 0..{num - 1}, but regions hold {int(ids.min())}..{int(ids.max())}")
             answers = multihot[ids]
-            sizes = np.bincount(spx.reshape(-1), minlength=num)[ids].astype(np.int32)
+            sizes = pixels[ids].astype(np.int32)
         record = self._charge(round, index, answers)
         self._regions[index] = np.concatenate([self._regions[index], ids.astype(np.int32)])
         self._answers[index] = np.concatenate([self._answers[index], np.packbits(answers, axis=1)])
@@ -142,13 +147,17 @@ class RegionPool:
         return record
 
     def _answers_of(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every region's answer in image ``index`` (from the oracle) and its superpixel map."""
+        """Every region's answer in image ``index`` ``[R, C + 1]`` and its pixel count ``[R]``:
+        from ``answers`` when given, else from the oracle and the superpixel map."""
+        if self._answer_source is not None:
+            multihot, pixels = self._answer_source(index)
+            return np.asarray(multihot, np.uint8), np.asarray(pixels)
         spx = np.asarray(self._to_numpy(self._superpixels(index))).astype(np.int64)
         label = np.asarray(self._to_numpy(self._oracle.labels(index)))
         if spx.shape != label.shape:
             raise ValueError(f"image {index}: superpixels {spx.shape} and labels {label.shape} differ in size")
         multihot, _ = region_labels(label, spx, num_classes=self.num_classes, trim=self.trim)
-        return multihot, spx
+        return multihot, np.bincount(spx.reshape(-1), minlength=multihot.shape[0])
 
     def costs(self, index: int) -> np.ndarray:
         """What answering each region of image ``index`` would cost, in clicks: int64 ``[R]``.

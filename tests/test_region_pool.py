@@ -139,3 +139,58 @@ def test_batched_calls_equal_the_per_image_ones():
     for i, row in zip([1, 2], pool.costs_of([1, 2]), strict=True):
         multihot, _ = region_labels(labels[i], spx[i], num_classes=6, trim=0)
         np.testing.assert_array_equal(row, multihot.sum(1))
+
+
+def test_region_answers_are_cached_beside_the_superpixels_and_recomputed_when_stale(tiny_benchmark, tmp_path,
+                                                                                    monkeypatch):
+    """The disk cache gives exactly region_labels' answers and the regions' pixel counts; a
+    second reader reads files, not labels; a changed label file or a broken answer file is
+    computed again; a pool reading through it keeps the same state as one reading labels."""
+    import os
+
+    from halo_ray import region_answers as module
+    from halo_ray.data import open_dataset
+    from halo_ray.data.superpixels import CachedSuperpixels
+    from halo_ray.pool import DatasetOracle
+    from halo_ray.region_answers import RegionAnswers
+
+    target = open_dataset("cityscapes", tiny_benchmark / "cityscapes", split="train")
+    spx = CachedSuperpixels(target, tmp_path / "spx", method="grid", num_superpixels=32)
+    spx.ensure(target)
+    answers = RegionAnswers(spx, target, trim=3)
+    for i in range(len(target)):
+        multihot, pixels = answers(i)
+        want, _ = region_labels(target.load_label(i), spx(i), num_classes=19, trim=3)
+        np.testing.assert_array_equal(multihot, want)
+        np.testing.assert_array_equal(pixels, np.bincount(spx(i).reshape(-1), minlength=want.shape[0]))
+        assert answers.path(i).is_file() and answers.path(i).is_relative_to(spx.cache.folder)
+    first = [answers(i) for i in range(len(target))]
+
+    def no_labels(*_args, **_kwargs):
+        raise AssertionError("labels read although the answers are cached")
+
+    monkeypatch.setattr(module, "region_labels", no_labels)
+    again = RegionAnswers(spx, target, trim=3)  # another process, say
+    for i in range(len(target)):
+        np.testing.assert_array_equal(again(i)[0], first[i][0])
+    monkeypatch.undo()
+    # a label file that changed (its size or time) is read again
+    label_file = target.label_path(0)
+    os.utime(label_file, ns=(os.stat(label_file).st_atime_ns, os.stat(label_file).st_mtime_ns + 10**9))
+    monkeypatch.setattr(module, "region_labels", no_labels)
+    with pytest.raises(AssertionError, match="labels read"):
+        again(0)
+    monkeypatch.undo()
+    answers.path(1).write_bytes(b"not an npz")  # a broken file is replaced, never trusted
+    np.testing.assert_array_equal(again(1)[0], first[1][0])
+    assert answers.path(1).read_bytes()[:2] == b"PK"
+    # the pool's state is the same through the cache
+    plain = RegionPool(len(target), spx, DatasetOracle(target), trim=3)
+    cached = RegionPool(len(target), spx, DatasetOracle(target), trim=3, answers=RegionAnswers(spx, target, trim=3))
+    for pool in (plain, cached):
+        pool.reveal(1, 0, [3, 1, 4])
+        pool.reveal(1, 2, [0, 31])
+    assert [plain.costs(i).tolist() for i in range(3)] == [cached.costs(i).tolist() for i in range(3)]
+    for key, value in plain.state_dict().items():
+        other = cached.state_dict()[key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key

@@ -19,7 +19,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from halo_ray.config import ExperimentConfig
 from halo_ray.data.labels import CITYSCAPES_CLASSES
-from halo_ray.learner import Learner, ensure_superpixels, open_split, superpixel_source
+from halo_ray.learner import (
+    Learner,
+    ensure_superpixels,
+    open_split,
+    region_answers,
+    superpixel_source,
+)
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.region_pool import RegionPool
 
@@ -249,7 +255,7 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
             .options(num_cpus=0, scheduling_strategy=_pinned(0))
             .remote(
                 len(shapes), superpixel_source(cfg), DatasetOracle(target_train), num_classes=len(CITYSCAPES_CLASSES),
-                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes,
+                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes, answers=region_answers(cfg),
             )
         )
     else:

@@ -30,6 +30,7 @@ from halo_ray.learner import (
     image_seed,
     log_to_stderr,
     open_split,
+    region_answers,
     superpixel_source,
 )
 from halo_ray.metrics import Evaluation
@@ -460,7 +461,7 @@ def region_pool(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]], oracle
     """Unit multiclass: the pool of answered superpixels over the run's target-train images."""
     return RegionPool(
         len(shapes), superpixel_source(cfg), oracle, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim,
-        bill_void=cfg.bill_void, shapes=shapes,
+        bill_void=cfg.bill_void, shapes=shapes, answers=region_answers(cfg),
     )
 
 
