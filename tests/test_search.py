@@ -364,16 +364,21 @@ def test_two_node_cluster_search_survives_a_killed_worker_node(tmp_path, tiny_co
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_session, tmp_path, tiny_config_values):
+def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_session, tmp_path, tiny_config_values,
+                                                                          monkeypatch):
     """Unit multiclass through Ray: the pool is a RegionPool actor, PixBal's two passes fan out
-    over 2 scorer actors, and each round spends at most its clicks."""
+    over 2 scorer actors, and each round spends at most its clicks. The superpixel cache is a
+    path relative to the launching directory, given by a variant: every trial process (each
+    with its own working directory) finds it there."""
     from halo_ray.pool import ArrayOracle
     from halo_ray.region_pool import RegionPool
 
+    monkeypatch.chdir(tmp_path)
     space = _space(
         tmp_path, tiny_config_values, parameters={"strategy": {"grid": ["pixbal"]}},
         set={"unit": "multiclass", "clicks_per_round": 30, "superpixels": "grid", "num_superpixels": 32,
-             "log_images": 0, "superpixel_cache": str(tmp_path / "spx")},
+             "log_images": 0},
+        variants=[{"superpixel_cache": "spx"}],
     )
     storage = tmp_path / "runs"
     args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6"]
@@ -385,6 +390,7 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
                       shapes=[(64, 128)] * 8)
     pool.load_state_dict(state["pool"])
     assert pool.clicks == frame["clicks"].iloc[-1]
+    assert len(list((tmp_path / "spx").rglob("*.npz"))) >= 8  # the superpixels and their answers, there
 
 
 def test_trial_resources_the_cluster_cannot_place_are_refused_before_the_search(ray_session, tmp_path, capsys,

@@ -41,7 +41,12 @@ from halo_ray.rundir import claim_run_directory
 STATE_FILE = "state.pt"
 
 
-def _absolute(cfg_values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+#: config keys holding paths: a trial runs with another working directory, so the launching
+#: process makes them absolute (the source cache is the search's own, under its storage)
+PATH_KEYS: tuple[str, ...] = ("data_root", "source_root", "target_root", "pretrained", "superpixel_cache")
+
+
+def _absolute(cfg_values: dict[str, Any], keys: tuple[str, ...] = PATH_KEYS) -> dict[str, Any]:
     """Paths made absolute against the launching directory: trials run elsewhere (docs/architecture.md §3)."""
     out = dict(cfg_values)
     for key in keys:
@@ -183,9 +188,9 @@ class ProgressView(tune.Callback):
 def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, name: str, param_space: dict, search_alg=None):
     from ray.tune.schedulers import ASHAScheduler
 
-    base = _absolute(space.base_config().to_values(), ("data_root", "source_root", "target_root"))
+    base = _absolute(space.base_config().to_values())
     meta = {
-        "name": space.name, "root": str(paths.root), "base": base, "variants": [dict(v) for v in space.variants],
+        "name": space.name, "root": str(paths.root), "base": base, "variants": [_absolute(v) for v in space.variants],
         "resources": dataclasses.asdict(resources),
     }
     scheduler = None
