@@ -226,3 +226,32 @@ def test_a_search_over_variants_gets_one_row_per_configuration_with_its_interval
     assert rms_diff["ci_half_width"] == pytest.approx(4.302652729911275 * 1.0 / math.sqrt(3.0))  # s = 1
     assert diffs.loc[(True, "l2"), "diff_mean"] == pytest.approx((5 + 3 + 4) / 3)
     assert report.summary().splitlines()[1].startswith("budget 5 %: best configuration hfr=True, hfr_norm=rms: 52.00")
+
+
+def test_variants_that_leave_the_first_ones_key_alone_and_trials_of_two_versions(tmp_path):
+    """ablation_reference's shape: the first variant sets only ``reference``, the others one
+    released key each (also reference false). The baseline is the first variant's whole
+    configuration (the others do not match it), and a trial written before a key existed
+    (no ``round_model`` in its config_json) compares as that key's default."""
+    results = tmp_path / "runs" / "ref" / "results"
+    variants = [{"reference": False}, {"hfr_positivity": "clamp"}, {"reference": True}]
+    full = [{"reference": False, "hfr_positivity": "softplus"}, {"reference": False, "hfr_positivity": "clamp"},
+            {"reference": True, "hfr_positivity": "clamp"}]
+    finals = {0: [50.0, 52.0, 54.0], 1: [49.0, 50.0, 51.0], 2: [47.0, 47.0, 50.0]}
+    for v, config_v in enumerate(full):
+        for seed, final in enumerate(finals[v]):
+            for r in range(3):
+                row = make_row(f"t{v}_{seed}", r, seed=seed, miou=final - 10.0 * (2 - r))
+                config = {**json.loads(row["config_json"]), **config_v}
+                if seed != 1:  # seed 1's trials were written by an older halo_ray
+                    config["round_model"] = "last"
+                row.update(config_json=json.dumps(config))
+                write_round_row(results, row)
+    base = {"reference": False, "hfr_positivity": "softplus", "round_model": "last"}
+    (results.parent / "search.json").write_text(json.dumps(
+        {"name": "ref", "variants": variants, "set": {}, "base_config": base}))
+    report = write_report(results.parent, tmp_path / "analysis")
+    assert list(report.tables["configurations"].columns[:2]) == ["hfr_positivity", "reference"]
+    diffs = report.tables["configuration_differences"].set_index(["hfr_positivity", "reference"])
+    assert diffs.loc[("clamp", False), "diff_mean"] == pytest.approx(-2.0) and diffs.loc[("clamp", False), "n_pairs"] == 3
+    assert diffs.loc[("clamp", True), "diff_mean"] == pytest.approx((-3 - 5 - 4) / 3)

@@ -42,6 +42,7 @@ from halo_ray.results.tables import (
     paired_differences,
     radius_analysis,
     strategy_table,
+    trial_config,
 )
 
 #: columns a results file must hold for the report (older files without them are refused)
@@ -219,17 +220,32 @@ def _ablation_axes(frame: pd.DataFrame) -> list[str]:
 
 
 def _first_variant(root: Path | None, varied: list[str]) -> dict | None:
-    """The first of the search's ``variants`` (its baseline), when ``search.json`` lists them
-    and they set only varied keys."""
+    """The first of the search's ``variants`` (its baseline) on every varied key, when
+    ``search.json`` lists them and they set only varied keys: the keys it leaves alone take
+    the search's base values (keys that follow ``reference`` follow the variant's), so a
+    baseline like ``{reference: false}`` is not matched by ``{hfr_positivity: clamp}`` too."""
     path = root / "search.json" if root is not None else None
     if path is None or not path.is_file():
         return None
     try:
-        variants = json.loads(path.read_text()).get("variants") or []
+        search = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
+    variants = search.get("variants") or []
     first = variants[0] if variants and isinstance(variants[0], dict) else None
-    return first if first and set(first) <= set(varied) else None
+    if not first or not set(first) <= set(varied):
+        return None
+    base = search.get("base_config") or {}
+    full = {k: base[k] for k in varied if k in base}
+    reference = first.get("reference", base.get("reference"))
+    if "reference" in base and reference != base["reference"]:
+        from halo_ray.config import REFERENCE_DEFAULTS
+
+        explicit = set(search.get("set") or {})
+        for key, (ours, released) in REFERENCE_DEFAULTS.items():
+            if key in full and key not in explicit:
+                full[key] = released if reference else ours
+    return {**full, **first}
 
 
 def varied_keys(frame: pd.DataFrame) -> list[str]:
@@ -240,10 +256,9 @@ def varied_keys(frame: pd.DataFrame) -> list[str]:
     configs = []
     for text in final["config_json"]:
         try:
-            config = json.loads(text) if text else {}
-        except (TypeError, json.JSONDecodeError):
+            configs.append(trial_config(text))
+        except AnalysisError:
             return []
-        configs.append(config if isinstance(config, dict) else {})
     keys = sorted({k for c in configs for k in c} - (PAIRING_IGNORED_KEYS - {"strategy"}) - {"budget"})
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 

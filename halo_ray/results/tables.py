@@ -14,6 +14,7 @@ not the experiment (a search launched from two folders still pairs).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -163,14 +164,30 @@ def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def pairing_key(config_json: str, *, trial_id: str = "?") -> str:
-    """The part of a trial's config that must match for two trials to be paired."""
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    """Every config key at its default, as ``config_json`` writes it."""
+    from halo_ray.config import ExperimentConfig
+
+    return json.loads(ExperimentConfig().to_json())
+
+
+def trial_config(config_json: str, *, trial_id: str = "?") -> dict[str, Any]:
+    """A trial's config from its ``config_json``, with the keys a later halo_ray added at their
+    defaults: a trial written before a key existed ran as that default does (the rule
+    ``run_id`` follows too), so trials of one search written by two versions still compare."""
     try:
         config = json.loads(config_json) if config_json else {}
     except (TypeError, json.JSONDecodeError) as err:
         raise AnalysisError(f"trial {trial_id}: config_json is not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise AnalysisError(f"trial {trial_id}: config_json must hold a JSON object, but got {config_json[:60]!r}")
+    return {**_config_defaults(), **config} if config else {}
+
+
+def pairing_key(config_json: str, *, trial_id: str = "?") -> str:
+    """The part of a trial's config that must match for two trials to be paired."""
+    config = trial_config(config_json, trial_id=trial_id)
     kept = {k: v for k, v in config.items() if k not in PAIRING_IGNORED_KEYS}
     return json.dumps(kept, sort_keys=True)
 
@@ -314,10 +331,10 @@ def _config_value_column(frame: pd.DataFrame, key: str) -> pd.Series | None:
     values = []
     for text in frame["config_json"]:
         try:
-            config = json.loads(text) if text else {}
-        except (TypeError, json.JSONDecodeError):
+            config = trial_config(text)
+        except AnalysisError:
             return None
-        if not isinstance(config, dict) or key not in config:
+        if key not in config:
             return None
         value = config[key]
         values.append(json.dumps(value) if isinstance(value, (list, dict)) else value)
