@@ -77,20 +77,22 @@ def open_split(cfg: ExperimentConfig, which: str) -> SegmentationDataset:
     return SynthiaClassesView(target) if cfg.source == "synthia" else target
 
 
-def superpixel_source(cfg: ExperimentConfig) -> CachedSuperpixels:
+def superpixel_source(cfg: ExperimentConfig, train: Any = None) -> CachedSuperpixels:
     """Unit multiclass: the target-train superpixels of the run, read from ``superpixel_cache``
-    (:meth:`~halo_ray.data.superpixels.CachedSuperpixels.ensure` fills it)."""
+    (:meth:`~halo_ray.data.superpixels.CachedSuperpixels.ensure` fills it); ``train`` is the
+    target-train set when the caller has it open already."""
     return CachedSuperpixels(
-        open_split(cfg, "train"), cfg.superpixel_cache, method=cfg.superpixels, num_superpixels=cfg.num_superpixels
+        open_split(cfg, "train") if train is None else train, cfg.superpixel_cache, method=cfg.superpixels,
+        num_superpixels=cfg.num_superpixels,
     )
 
 
-def region_answers(cfg: ExperimentConfig) -> RegionAnswers:
+def region_answers(cfg: ExperimentConfig, train: Any = None) -> RegionAnswers:
     """Unit multiclass: every target-train superpixel's ground-truth answer, cached beside the
-    superpixels (:class:`~halo_ray.region_answers.RegionAnswers`), for the run's pool."""
-    return RegionAnswers(
-        superpixel_source(cfg), open_split(cfg, "train"), num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim
-    )
+    superpixels (:class:`~halo_ray.region_answers.RegionAnswers`, whose ``superpixels`` the
+    pool reads too), for the run's pool; ``train`` as in :func:`superpixel_source`."""
+    train = open_split(cfg, "train") if train is None else train
+    return RegionAnswers(superpixel_source(cfg, train), train, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim)
 
 
 def check_regions_fit_trim(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
@@ -114,12 +116,12 @@ def check_regions_fit_trim(cfg: ExperimentConfig, shapes: Sequence[tuple[int, in
     )
 
 
-def ensure_superpixels(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
+def ensure_superpixels(cfg: ExperimentConfig, log: LogFn = log_to_stderr, train: Any = None) -> None:
     """Unit multiclass: compute the target-train superpixels the cache lacks (valid files are
-    reused), after :func:`check_regions_fit_trim`."""
-    train = open_split(cfg, "train")
-    check_regions_fit_trim(cfg, sorted({train.image_size(i) for i in range(len(train))}))
-    source = superpixel_source(cfg)
+    reused), after :func:`check_regions_fit_trim`; ``train`` as in :func:`superpixel_source`."""
+    train = open_split(cfg, "train") if train is None else train
+    source = superpixel_source(cfg, train)
+    check_regions_fit_trim(cfg, sorted(set(source.shapes)))  # the sizes its headers gave
     t0 = time.perf_counter()
     report = source.ensure(train)
     if report.computed:

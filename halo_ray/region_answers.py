@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,5 @@ class RegionAnswers:
         pixels = np.bincount(spx.reshape(-1), minlength=multihot.shape[0]).astype(np.int32)
         buffer = io.BytesIO()
         np.savez(buffer, packed=np.packbits(multihot, axis=1), pixels=pixels, stamp=stamp)
-        atomic_write_bytes(path, _writer(buffer.getvalue()))
+        atomic_write_bytes(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         return multihot, pixels
-
-
-def _writer(data: bytes) -> Callable[[Path], None]:
-    """A writer for :func:`~halo_ray.atomic.atomic_write_bytes` of ``data``."""
-    return lambda tmp: tmp.write_bytes(data)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -220,43 +221,58 @@ def _walk(
         batch = min(batch * 2, _WALK_BATCH_MAX)
 
 
-def _greedy(
-    score: torch.Tensor, picks: int, suppression: int, active: torch.Tensor | None
-) -> list[tuple[int, int]]:
-    """The reference's greedy picks as (row, col) pairs, in pick order."""
-    height, width = score.shape
-    values = score.t().reshape(-1)  # column-major: flat = col·H + row
+def _candidates(score: torch.Tensor, active: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The map as column-major values (flat = col·H + row, the tie order), ``-inf`` where a
+    centre may not go (``-inf`` scores, ``active``), and how many may."""
+    values = score.t().reshape(-1)
     if values.dtype not in (torch.float32, torch.float64):
         values = values.to(torch.float32)
     available = values > -math.inf
     if active is not None:
         available &= ~active.t().reshape(-1)
     values = torch.where(available, values, torch.full_like(values, -math.inf))
-    n_available = int(torch.count_nonzero(available))
-    out: list[tuple[int, int]] = []
-    blocked = np.zeros((width, height), dtype=np.uint8)  # column-major, like ``values``
-    if picks == 0 or n_available == 0:
-        return out
-    radius = suppression // 2
-    upper: float | None = None  # candidates >= upper were walked already
+    return values, int(torch.count_nonzero(available))
+
+
+def _candidate_chunks(values: torch.Tensor, n_available: int, picks: int) -> Iterator[torch.Tensor]:
+    """Flat indices of the candidates, best first (stable: column-major on ties), one chunk at
+    a time on ``values``' device: a partial selection finds each chunk's threshold, only the
+    chunk is sorted, and each chunk that runs dry is followed by a larger one."""
+    upper = None  # candidates >= upper were handed out already
     taken = 0
     chunk = max(_MIN_CHUNK, picks * _CANDIDATES_PER_PICK)
-    while len(out) < picks and taken < n_available:
-        threshold = _kth_largest(values, min(n_available, taken + chunk))
+    while taken < n_available:
+        k = min(n_available, taken + chunk)
+        if values.device.type == "cpu":
+            threshold = _kth_largest(values, k)
+        else:  # stays on the device: no host synchronisation
+            threshold = torch.topk(values, k, sorted=False).values.min()
         members = values >= threshold
         if upper is not None:
             members &= values < upper
         index = torch.nonzero(members).reshape(-1)  # ascending = column-major tie order
-        ranked = torch.sort(values[index], descending=True, stable=True).indices
-        order = index[ranked].cpu().numpy()
-        _walk(order, blocked, radius, picks, out)
-        taken += order.size
+        order = index[torch.sort(values[index], descending=True, stable=True).indices]
+        yield order
+        taken += order.numel()
         upper = threshold
         chunk *= _CHUNK_GROWTH
+
+
+def _greedy(
+    score: torch.Tensor, picks: int, suppression: int, active: torch.Tensor | None
+) -> list[tuple[int, int]]:
+    """The reference's greedy picks as (row, col) pairs, in pick order."""
+    height, width = score.shape
+    values, n_available = _candidates(score, active)
+    out: list[tuple[int, int]] = []
+    blocked = np.zeros((width, height), dtype=np.uint8)  # column-major, like ``values``
+    if picks == 0 or n_available == 0:
+        return out
+    for order in _candidate_chunks(values, n_available, picks):
+        _walk(order.cpu().numpy(), blocked, suppression // 2, picks, out)
+        if len(out) == picks:
+            break
     return out
-
-
-# ----------------------------------------------------------------------------- device path
 
 
 def _window_max(plane: torch.Tensor, radius: int) -> torch.Tensor:
@@ -377,42 +393,22 @@ def _greedy_device(
     """
     height, width = score.shape
     device = score.device
-    values = score.t().reshape(-1)  # column-major: flat = col·H + row
-    if values.dtype not in (torch.float32, torch.float64):
-        values = values.to(torch.float32)
-    available = values > -math.inf
-    if active is not None:
-        available &= ~active.t().reshape(-1)
-    values = torch.where(available, values, torch.full_like(values, -math.inf))
-    n_available = int(torch.count_nonzero(available))
+    values, n_available = _candidates(score, active)
     found: list[torch.Tensor] = []
     n_found = 0
     if picks == 0 or n_available == 0:
         return torch.zeros((0, 2), dtype=torch.int64, device=device)
     radius = suppression // 2
     blocked = torch.zeros(width * height, dtype=torch.bool, device=device)
-    upper: torch.Tensor | None = None  # candidates >= upper were resolved already
-    taken = 0
-    chunk = max(_MIN_CHUNK, picks * _CANDIDATES_PER_PICK)
-    while n_found < picks and taken < n_available:
-        k = min(n_available, taken + chunk)
-        threshold = torch.topk(values, k, sorted=False).values.min()  # the k-th largest
-        members = values >= threshold
-        if upper is not None:
-            members &= values < upper
-        index = torch.nonzero(members).reshape(-1)  # ascending = column-major tie order
-        ranked = torch.sort(values[index], descending=True, stable=True).indices
-        order = index[ranked]
+    for order in _candidate_chunks(values, n_available, picks):
         chosen = _chunk_fixpoint(order, blocked, height, radius, picks - n_found)
         found.append(chosen)
         n_found += chosen.numel()
-        if n_found < picks:  # later chunks: block the new picks' windows
-            marks = torch.zeros(width * height, dtype=torch.float32, device=device)
-            marks[chosen] = 1.0
-            blocked |= _window_max(marks.view(width, height), radius).view(-1) > 0
-        taken += order.numel()
-        upper = threshold
-        chunk *= _CHUNK_GROWTH
+        if n_found == picks:
+            break
+        marks = torch.zeros(width * height, dtype=torch.float32, device=device)  # block the picks' windows
+        marks[chosen] = 1.0
+        blocked |= _window_max(marks.view(width, height), radius).view(-1) > 0
     flat = torch.cat(found)
     return torch.stack((flat % height, flat // height), dim=1)
 

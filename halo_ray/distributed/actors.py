@@ -24,7 +24,6 @@ from halo_ray.learner import (
     ensure_superpixels,
     open_split,
     region_answers,
-    superpixel_source,
 )
 from halo_ray.pool import DatasetOracle, LabelPool
 from halo_ray.region_pool import RegionPool
@@ -249,13 +248,14 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
     learner = _learner_actor(learner_cfg, resources, 1)
     scorers = [_learner_actor(learner_cfg, resources, 2 + k) for k in range(resources.scorers)]
     if cfg.unit == "multiclass":  # answered superpixels; the cache is filled before any actor reads it
-        ensure_superpixels(cfg, log=lambda _: None)
+        ensure_superpixels(cfg, log=lambda _: None, train=target_train)
+        answers = region_answers(cfg, target_train)
         pool = (
             ray.remote(RegionPool)
             .options(num_cpus=0, scheduling_strategy=_pinned(0))
             .remote(
-                len(shapes), superpixel_source(cfg), DatasetOracle(target_train), num_classes=len(CITYSCAPES_CLASSES),
-                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes, answers=region_answers(cfg),
+                len(shapes), answers.superpixels, DatasetOracle(target_train), num_classes=len(CITYSCAPES_CLASSES),
+                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes, answers=answers,
             )
         )
     else:

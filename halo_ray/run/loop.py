@@ -31,7 +31,6 @@ from halo_ray.learner import (
     log_to_stderr,
     open_split,
     region_answers,
-    superpixel_source,
 )
 from halo_ray.metrics import Evaluation
 from halo_ray.multiclass import (
@@ -459,9 +458,10 @@ class ActiveLearningRun:
 
 def region_pool(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]], oracle: DatasetOracle) -> RegionPool:
     """Unit multiclass: the pool of answered superpixels over the run's target-train images."""
+    answers = region_answers(cfg)
     return RegionPool(
-        len(shapes), superpixel_source(cfg), oracle, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim,
-        bill_void=cfg.bill_void, shapes=shapes, answers=region_answers(cfg),
+        len(shapes), answers.superpixels, oracle, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim,
+        bill_void=cfg.bill_void, shapes=shapes, answers=answers,
     )
 
 
