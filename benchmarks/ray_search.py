@@ -9,8 +9,10 @@ trials/hour scale with cluster CPUs):
    Overhead = search wall − in-process wall; both include source pre-training.
 2. **Trials per hour, 1 vs 2 nodes.** A grid of ``--trials`` trials on a simulated cluster
    (``ray.cluster_utils.Cluster``: a head without CPUs plus 1 or 2 one-CPU worker nodes on
-   this machine). Each trial uses one thread, so 2 nodes should approach 2× (on a machine
-   with at least 2 free cores).
+   this machine). Each node's workers are confined to their own physical core, as a real
+   one-CPU node's are (``--no-pin`` lets them share every core: then one node borrows the
+   idle core and the ratio understates scaling). Each trial uses one thread, so 2 nodes
+   should approach 2× (on a machine with at least 2 free cores).
 
 Run from the repository root::
 
@@ -100,44 +102,79 @@ def _noop_trial(config: dict) -> None:
     tune.report({"done": 1})
 
 
+_IMPORT_PROFILE = """
+import json, time
+import ray.tune  # a Tune trial's process has it already
+t0 = time.perf_counter()
+import halo_ray.distributed.search  # what the trial's process imports to find run_trial
+t1 = time.perf_counter()
+import halo_ray.run  # what run_trial imports once its actors are starting
+t2 = time.perf_counter()
+print(json.dumps(dict(trainable_module_s=t1 - t0, run_loop_s=t2 - t1)))
+"""
+
+
 def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, float]:
-    """Where the overhead goes: an empty Tune trial with a trial's placement group, and
-    starting the learner and label-pool actors (fresh processes that import torch, geoopt and
-    halo_ray; the learner also decodes the data and builds the model)."""
+    """Where the overhead goes: an empty Tune trial with a trial's placement group; the imports
+    of a trial's process (a fresh interpreter, as a trial's is); and the learner and label-pool
+    actors started at once, as a trial starts them, each timed to its first answer."""
+    import json
+    import subprocess
+    import sys
+
     import ray
     from ray import tune
 
     from halo_ray.config import build_config
-    from halo_ray.distributed.actors import TrialResources
-    from halo_ray.learner import Learner, open_split
-    from halo_ray.pool import DatasetOracle, LabelPool
+    from halo_ray.distributed.actors import LearnerActor, PoolActor, TrialResources
+    from halo_ray.splits import open_split
 
     cfg = build_config(_experiment(folder, data_root, round_steps))
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROFILE], capture_output=True, text=True, check=True)
+    imports = json.loads(out.stdout.strip().splitlines()[-1])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **NODE)
     try:
         t0 = time.perf_counter()
         trainable = tune.with_resources(_noop_trial, TrialResources().placement_group_factory())
         tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(folder / "noop"), verbose=0)).fit()
         t1 = time.perf_counter()
-        learner = ray.remote(Learner).options(num_cpus=0.9).remote(cfg)
-        shapes = ray.get(learner.target_shapes.remote())
-        t2 = time.perf_counter()
-        pool = ray.remote(LabelPool).options(num_cpus=0).remote(shapes, DatasetOracle(open_split(cfg, "train")))
-        ray.get(pool.summary.remote())
-        t3 = time.perf_counter()
+        train = open_split(cfg, "train")
+        shapes = [tuple(train.image_size(i)) for i in range(len(train))]
+        learner = ray.remote(LearnerActor).options(num_cpus=0.9).remote(cfg)
+        pool = ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes)
+        first = {learner.call.remote("target_shapes"): "learner", pool.call.remote("summary"): "pool"}
+        ready: dict[str, float] = {}
+        pending = list(first)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+            ready[first[done[0]]] = time.perf_counter() - t1
     finally:
         ray.shutdown()
-    return {"empty_trial_s": t1 - t0, "learner_actor_s": t2 - t1, "pool_actor_s": t3 - t2}
+    return {"empty_trial_s": t1 - t0, "learner_actor_s": ready["learner"], "pool_actor_s": ready["pool"], **imports}
 
 
-def throughput(folder: Path, data_root: Path, round_steps: int, trials: int, nodes: int) -> dict[str, float]:
-    """Trials/hour of a ``trials``-trial grid on a head + ``nodes`` one-CPU workers."""
+def _pin_to_core(node, core: int) -> None:
+    """Confine a simulated node's workers to one physical core, as a real one-CPU node's are:
+    its raylet is pinned and the workers it starts inherit the mask."""
+    from ray._private import ray_constants
+
+    for info in node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]:
+        os.sched_setaffinity(info.process.pid, {core})
+
+
+def throughput(folder: Path, data_root: Path, round_steps: int, trials: int, nodes: int, pin: bool) -> dict[str, float]:
+    """Trials/hour of a ``trials``-trial grid on a head + ``nodes`` one-CPU workers (each on its
+    own core when ``pin``; the head, Tune's loop and this process run anywhere)."""
     import ray
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, **NODE))
-    for _ in range(nodes):
-        cluster.add_node(num_cpus=1, **NODE)
+    cores = sorted(os.sched_getaffinity(0))
+    for k in range(nodes):
+        node = cluster.add_node(num_cpus=1, **NODE)
+        if pin:
+            _pin_to_core(node, cores[k % len(cores)])
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
@@ -156,6 +193,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4, help="trials in the throughput grid (default 4)")
     parser.add_argument("--round-steps", type=int, default=10, help="training steps per round (default 10)")
     parser.add_argument("--repeats", type=int, default=2, help="overhead measurements (median; default 2)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let simulated nodes share every core (by default each runs on its own core)")
     args = parser.parse_args()
 
     from halo_ray.data import generate_benchmark
@@ -167,8 +206,8 @@ def main() -> None:
                            n_target_val=6, n_adverse_train=2, n_adverse_val=2)
         o = overhead(folder, data_root, args.round_steps, args.repeats)
         parts = components(folder, data_root, args.round_steps)
-        one = throughput(folder, data_root, args.round_steps, args.trials, nodes=1)
-        two = throughput(folder, data_root, args.round_steps, args.trials, nodes=2)
+        one = throughput(folder, data_root, args.round_steps, args.trials, nodes=1, pin=args.pin)
+        two = throughput(folder, data_root, args.round_steps, args.trials, nodes=2, pin=args.pin)
     print(f"cores on this machine: {os.cpu_count()}")
     print("\n== Ray overhead per trial (same tiny run, 2 rounds) ==")
     print(f"ray.init                  {o['ray_init_s']:7.2f} s (once per search)")
@@ -176,11 +215,15 @@ def main() -> None:
     print(f"one-trial search          {o['search_s']:7.2f} s")
     print(f"overhead per trial        {o['overhead_s']:7.2f} s   (search / in-process = {o['ratio']:.2f}×)")
     print("where it goes (one of each, same machine):")
-    print(f"  empty Tune trial with the trial's placement group {parts['empty_trial_s']:5.2f} s")
-    print(f"  learner actor: start, import, load data, build   {parts['learner_actor_s']:5.2f} s")
-    print(f"  label-pool actor: start, import                  {parts['pool_actor_s']:5.2f} s")
-    print("  the rest: importing torch/geoopt/halo_ray in the trial process, per-round Tune checkpoints")
-    print(f"\n== Trials per hour, {args.trials}-trial grid, head without CPUs + one-CPU workers ==")
+    print(f"empty Tune trial          {parts['empty_trial_s']:7.2f} s   (with the trial's placement group)")
+    print(f"overhead above it         {o['overhead_s'] - parts['empty_trial_s']:7.2f} s   (target <= 3 s)")
+    print(f"  trial process imports run_trial's module      {parts['trainable_module_s']:5.2f} s (before its actors)")
+    print(f"  then the run loop, while its actors start     {parts['run_loop_s']:5.2f} s")
+    print(f"  learner actor: start, import, data, model     {parts['learner_actor_s']:5.2f} s (started with the pool)")
+    print(f"  label-pool actor: start, import, headers      {parts['pool_actor_s']:5.2f} s")
+    print("  the rest: Tune's per-round checkpoints and experiment-state snapshots, trial teardown")
+    pinned = "each on its own core" if args.pin else "sharing every core"
+    print(f"\n== Trials per hour, {args.trials}-trial grid, head without CPUs + one-CPU workers ({pinned}) ==")
     for r in (one, two):
         print(f"{r['nodes']} node(s): {r['wall_s']:7.1f} s wall, {r['trials_per_hour']:7.0f} trials/hour")
     print(f"scaling 2 nodes / 1 node: {two['trials_per_hour'] / one['trials_per_hour']:.2f}×")

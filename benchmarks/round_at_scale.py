@@ -55,8 +55,9 @@ def _nbytes(value) -> int:
 
 
 class Counted:
-    """A synchronous actor view (``proxy.f(x)`` = ``ray.get(actor.f.remote(x))``) that counts the
-    calls and the array bytes sent and received by this process."""
+    """A synchronous view of a trial's actor (``proxy.f(x)`` = ``ray.get(actor.call.remote("f", x))``,
+    as :class:`~halo_ray.distributed.actors.ActorProxy`) that counts the calls and the array bytes
+    sent and received by this process."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
@@ -66,10 +67,8 @@ class Counted:
     def __getattr__(self, name: str):
         import ray
 
-        method = getattr(self.handle, name)
-
         def call(*args, **kwargs):
-            out = ray.get(method.remote(*args, **kwargs))
+            out = ray.get(self.handle.call.remote(name, *args, **kwargs))
             self.calls += 1
             self.bytes += _nbytes(args) + _nbytes(kwargs) + _nbytes(out)
             return out
@@ -103,8 +102,7 @@ def main() -> None:
     from halo_ray.acquisition import picks_per_round
     from halo_ray.config import build_config
     from halo_ray.data import generate_benchmark
-    from halo_ray.learner import Learner, open_split
-    from halo_ray.pool import DatasetOracle, LabelPool
+    from halo_ray.distributed.actors import LearnerActor, PoolActor
     from halo_ray.run import ActiveLearningRun
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,10 +118,9 @@ def main() -> None:
         ))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            learner = Counted(ray.remote(Learner).options(num_cpus=1).remote(cfg))
+            learner = Counted(ray.remote(LearnerActor).options(num_cpus=1).remote(cfg))
             shapes = [tuple(s) for s in learner.target_shapes()]
-            oracle = DatasetOracle(open_split(cfg, "train"))
-            pools = {name: Counted(ray.remote(LabelPool).options(num_cpus=0).remote(shapes, oracle))
+            pools = {name: Counted(ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes))
                      for name in ("old", "new")}
             picks = picks_per_round(*shapes[0], budget_pct=cfg.budget, rounds=cfg.rounds, region_size=cfg.region_size)
             learner.select(1, [0], [picks], [np.zeros((0, 2), np.int32)], suppression=cfg.suppression_size)  # warm-up

@@ -21,11 +21,14 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from halo_ray.acquisition import HYPERBOLIC_STRATEGIES, STRATEGIES
 from halo_ray.data.labels import check_void_ids
-from halo_ray.models import BACKBONES
-from halo_ray.models.backbones import MIN_TRAIN_MICRO_BATCH
-from halo_ray.multiclass import REGION_STRATEGIES
+from halo_ray.names import (
+    BACKBONE_NAMES,
+    HYPERBOLIC_STRATEGIES,
+    MIN_TRAIN_MICRO_BATCH,
+    REGION_STRATEGIES,
+    STRATEGIES,
+)
 
 
 class ConfigError(ValueError):
@@ -434,8 +437,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         _positive(name, getattr(cfg, name), allow_zero=True)
     for name in ("lr", "poly_power", "head_lr_mult", "temperature"):
         _positive(name, getattr(cfg, name))
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {sorted(BACKBONES)}, but got backbone={_shown(cfg.backbone)}")
+    if cfg.backbone not in BACKBONE_NAMES:
+        raise ConfigError(f"backbone must be one of {sorted(BACKBONE_NAMES)}, but got backbone={_shown(cfg.backbone)}")
     if cfg.pretrained is not None and not Path(cfg.pretrained).expanduser().is_file():
         raise ConfigError(f"pretrained must be a local weights file, but {cfg.pretrained!r} does not exist")
     if cfg.head_lr_mult != 1.0 and cfg.backbone == "tiny":

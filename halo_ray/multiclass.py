@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from halo_ray.names import REGION_STRATEGIES
+
 #: the released code's ``eps`` inside every ``-log(p + eps)``
 LOG_EPS = 1e-8
 #: added to every best-versus-second-best ratio (released ``softmax_bvsb``)
 BVSB_EPS = 1e-8
 #: the region scores :func:`region_scores` computes
-REGION_STRATEGIES = ("pixbal", "bvsb", "classbal")
 #: the released stage-1 loss weights: cross-entropy, merged positive, prototypical pixel
 LOSS_WEIGHTS = (16.0, 8.0, 1.0)
 VOID = 255

@@ -235,7 +235,7 @@ def test_killed_pool_actor_trial_recovers_without_double_spending(uninterrupted,
     and ends with exactly the labelled set and metrics of an uninterrupted trial."""
     space, reference = uninterrupted
     storage, seen = tmp_path / "killed", {}
-    thread = _kill_after_round_one(storage, "ray::LabelPool", seen)
+    thread = _kill_after_round_one(storage, "ray::PoolActor", seen)
     assert main(["search", str(space), "--storage", str(storage)]) == 0
     thread.join(timeout=60)
     assert seen.get("killed") and not seen["last_round_done_before_kill"]
@@ -292,16 +292,15 @@ def test_fan_out_scorers_score_with_the_learners_current_weights(ray_session, ti
     import torch
 
     from halo_ray.config import build_config
-    from halo_ray.distributed.actors import FanOutScorer
-    from halo_ray.learner import Learner
+    from halo_ray.distributed.actors import FanOutScorer, LearnerActor
 
     cfg = build_config(tiny_config_values)
-    actor = ray.remote(Learner).options(num_cpus=0.3)
+    actor = ray.remote(LearnerActor).options(num_cpus=0.3)
     learner, scorers = actor.remote(cfg), [actor.remote(cfg) for _ in range(2)]
-    ray.get(learner.train.remote(4, start_step=0, total_steps=4))  # the scorers' copies are now stale
+    ray.get(learner.call.remote("train", 4, start_step=0, total_steps=4))  # the scorers' copies are now stale
     indices = [6, 0, 3, 1, 7, 2, 5]  # any order: maps come back in the order asked for
-    own = ray.get(learner.score.remote(1, indices))
-    stale = ray.get(scorers[0].score.remote(1, indices[:1]))
+    own = ray.get(learner.call.remote("score", 1, indices))
+    stale = ray.get(scorers[0].call.remote("score", 1, indices[:1]))
     assert not torch.allclose(stale[0], own[0], atol=1e-4)
     fanned = FanOutScorer(learner, scorers).score(1, indices)
     assert len(fanned) == len(indices)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from halo_ray.names import HYPERBOLIC_STRATEGIES, STRATEGIES
+
 from ._checks import check_odd
 from ._reference import reference_entropy, reference_radius
 from ._windows import (
@@ -40,29 +42,6 @@ __all__ = [
     "radius_map",
     "score_map",
 ]
-
-STRATEGIES: tuple[str, ...] = (
-    "random",
-    "entropy",
-    "sconf",
-    "margin",
-    "ripu",
-    "halo",
-    "halo_radius",
-    "boundaries",
-    "radius",
-    "radius_inv",
-)
-"""Every acquisition strategy ``score_map`` knows, in the order the docs list them."""
-
-HYPERBOLIC_STRATEGIES: tuple[str, ...] = (
-    "halo",
-    "halo_radius",
-    "boundaries",
-    "radius",
-    "radius_inv",
-)
-"""Strategies that read the hyperbolic radius, so ``embeddings`` must be given."""
 
 UNITS: tuple[str, ...] = ("region", "pixel")
 """Annotation units: ``region`` (RA, a square per pick) and ``pixel`` (PA, the centre only)."""

@@ -4,29 +4,27 @@ Each trial reserves a placement group: bundle 0 holds the trial's own process (t
 loop) and the label pool actor, bundle 1 the learner actor with the trial's GPU when it
 has one, and bundles 2… one scorer actor each when scoring fans out. Every actor is pinned
 to its bundle: without pinning some layouts hang silently (docs/architecture.md §3).
+
+This module imports no torch: a trial's driver creates its actors first, and each actor
+builds its object (:class:`~halo_ray.learner.Learner`, the label pool) in its own process,
+so the actors import torch and load their data while the driver imports the run loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-import torch
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from halo_ray.config import ExperimentConfig
-from halo_ray.data.labels import CITYSCAPES_CLASSES
-from halo_ray.learner import (
-    Learner,
-    ensure_superpixels,
-    open_split,
-    region_answers,
-)
-from halo_ray.pool import DatasetOracle, LabelPool
-from halo_ray.region_pool import RegionPool
+from halo_ray.splits import ensure_superpixels, open_pool, open_split
+
+if TYPE_CHECKING:
+    import torch
 
 #: Seconds the first call to a fresh actor may take (it loads data and builds the model).
 FIRST_CALL_TIMEOUT_S = 600.0
@@ -97,8 +95,40 @@ class TrialResources:
         return tune.PlacementGroupFactory(self.bundles())
 
 
+class Hosted:
+    """An actor that holds one object built in its own process and calls its methods by name.
+
+    ``handle.call.remote("f", x)`` runs ``target.f(x)`` in the actor. Creating such an actor
+    needs only this light class, not the target's module, so the creating process does not
+    import torch first (docs/architecture.md §3).
+    """
+
+    target: Any
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``target.<method>(*args, **kwargs)``; object-store references among ``args`` arrive resolved."""
+        return getattr(self.target, method)(*args, **kwargs)
+
+
+class LearnerActor(Hosted):
+    """A trial's :class:`~halo_ray.learner.Learner` (or a scorer: the same class, never trained)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        # torch, geoopt and the model code are imported here, in the actor's process only
+        from halo_ray.learner import Learner
+
+        self.target = Learner(cfg)
+
+
+class PoolActor(Hosted):
+    """A trial's label pool (:func:`~halo_ray.splits.open_pool`), over images of the given shapes."""
+
+    def __init__(self, cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]):
+        self.target = open_pool(cfg, shapes)
+
+
 class ActorProxy:
-    """Synchronous view of an actor: ``proxy.f(x)`` is ``ray.get(actor.f.remote(x))``.
+    """Synchronous view of a :class:`Hosted` actor: ``proxy.f(x)`` is ``ray.get(actor.call.remote("f", x))``.
 
     The run calls its learner and pool through plain method calls; this proxy lets it do
     so unchanged when they are actors.
@@ -109,10 +139,11 @@ class ActorProxy:
         self._timeout_s = timeout_s
 
     def __getattr__(self, name: str):
-        method = getattr(self._handle, name)
+        if name.startswith("__"):  # copy/pickle protocol probes: not the target's methods
+            raise AttributeError(name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return ray.get(method.remote(*args, **kwargs), timeout=self._timeout_s)
+            return ray.get(self._handle.call.remote(name, *args, **kwargs), timeout=self._timeout_s)
 
         call.__name__ = name
         return call
@@ -129,8 +160,7 @@ def _pinned(bundle: int) -> PlacementGroupSchedulingStrategy:
 class FanOutScorer:
     """Scores target-train images on several scorer actors at once, with the learner's weights.
 
-    A scorer is the :class:`~halo_ray.learner.Learner` class again, as an actor that never
-    trains: before scoring a round it takes the learner's current weights (passed between
+    A scorer is a :class:`LearnerActor` that never trains: before scoring a round it takes the learner's current weights (passed between
     actors through the object store, not through this process). Images are split into
     contiguous chunks, one per scorer, and the maps come back in the order asked for.
     """
@@ -150,8 +180,8 @@ class FanOutScorer:
         """
         if self._synced_round == round_index:
             return
-        weights = self._learner.model_state.remote()
-        ray.get([s.load_model_state.remote(weights) for s in self._scorers], timeout=self._timeout_s)
+        weights = self._learner.call.remote("model_state")
+        ray.get([s.call.remote("load_model_state", weights) for s in self._scorers], timeout=self._timeout_s)
         self._synced_round = round_index
 
     def _parts(self, count: int) -> list[slice]:
@@ -165,7 +195,7 @@ class FanOutScorer:
         self.sync(round_index)
         indices = list(indices)
         refs = [
-            getattr(scorer, method).remote(round_index, indices[part], *args)
+            scorer.call.remote(method, round_index, indices[part], *args)
             for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
         ]
         return ray.get(refs, timeout=self._timeout_s)
@@ -190,8 +220,8 @@ class FanOutScorer:
         self.sync(round_index)
         indices, picks, prior = list(indices), list(picks), list(prior)
         refs = [
-            scorer.select.remote(
-                round_index, indices[part], picks[part], prior[part], suppression=suppression, keep=list(keep)
+            scorer.call.remote(
+                "select", round_index, indices[part], picks[part], prior[part], suppression=suppression, keep=list(keep)
             )
             for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
         ]
@@ -210,6 +240,8 @@ class FanOutScorer:
         self, round_index: int, indices: Sequence[int], prior: torch.Tensor | None, num_regions: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit multiclass: per-region ``(means, dominant)`` (:meth:`Learner.region_terms`), in order."""
+        import torch
+
         parts = self._fan_out("region_terms", round_index, indices, prior, num_regions)
         return torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
 
@@ -221,11 +253,29 @@ class TrialActors:
     learner: ActorProxy
     pool: ActorProxy
     scorer: FanOutScorer | None  # None: the learner scores
+    shapes: list[tuple[int, int]]  # native (H, W) of the target-train images, from their file headers
+    _handles: list[Any]  # learner, pool, scorers: for the first call
+
+    def ready(self, timeout_s: float = FIRST_CALL_TIMEOUT_S) -> TrialActors:
+        """Wait until every actor has built its object; the learner must see the pool's image shapes.
+
+        Raises the actor's own error (a missing file, a bad weights file) when its construction failed.
+        """
+        learner_shapes, *_ = ray.get(
+            [self._handles[0].call.remote("target_shapes"), self._handles[1].call.remote("summary"),
+             *(h.call.remote("target_shapes") for h in self._handles[2:])],
+            timeout=timeout_s,
+        )
+        if [tuple(s) for s in learner_shapes] != self.shapes:
+            raise RuntimeError(
+                f"the learner sees other target shapes than the files' headers: {learner_shapes[:3]} vs {self.shapes[:3]}"
+            )
+        return self
 
 
 def _learner_actor(cfg: ExperimentConfig, resources: TrialResources, bundle: int) -> Any:
     return (
-        ray.remote(Learner)
+        ray.remote(LearnerActor)
         .options(
             num_cpus=resources.learner_cpus, num_gpus=resources.learner_gpus, scheduling_strategy=_pinned(bundle)
         )
@@ -234,45 +284,30 @@ def _learner_actor(cfg: ExperimentConfig, resources: TrialResources, bundle: int
 
 
 def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> TrialActors:
-    """Create and warm up the learner, label-pool and scorer actors of one trial, all at once.
+    """Create the learner, label-pool and scorer actors of one trial, all at once, without waiting.
 
-    The learner loads the data and builds the model in its own process (on its GPU when
-    the bundle has one); the pool's oracle reads ground-truth labels from disk lazily. The
-    pool is sized from the target-train file headers read here, so it starts beside the
-    learner instead of after it; the learner's own shapes must agree.
+    Each builds its object in its own process: the learner loads the data and builds the
+    model (on its GPU when the bundle has one), the pool's oracle reads ground-truth labels
+    from disk lazily. The pool is sized from the target-train file headers read here (no
+    torch needed), so it starts beside the learner; :meth:`TrialActors.ready` waits for all
+    of them and checks that the learner's shapes agree.
     """
     device = "cuda" if resources.learner_gpus else cfg.device
     learner_cfg = cfg.replace(device=device) if device != cfg.device else cfg
     target_train = open_split(cfg, "train")
     shapes = [(int(h), int(w)) for h, w in (target_train.image_size(i) for i in range(len(target_train)))]
+    if cfg.unit == "multiclass":  # the superpixel cache is filled before any actor reads it
+        ensure_superpixels(cfg, log=lambda _: None, train=target_train)
     learner = _learner_actor(learner_cfg, resources, 1)
     scorers = [_learner_actor(learner_cfg, resources, 2 + k) for k in range(resources.scorers)]
-    if cfg.unit == "multiclass":  # answered superpixels; the cache is filled before any actor reads it
-        ensure_superpixels(cfg, log=lambda _: None, train=target_train)
-        answers = region_answers(cfg, target_train)
-        pool = (
-            ray.remote(RegionPool)
-            .options(num_cpus=0, scheduling_strategy=_pinned(0))
-            .remote(
-                len(shapes), answers.superpixels, DatasetOracle(target_train), num_classes=len(CITYSCAPES_CLASSES),
-                trim=cfg.trim, bill_void=cfg.bill_void, shapes=shapes, answers=answers,
-            )
-        )
-    else:
-        pool = (
-            ray.remote(LabelPool)
-            .options(num_cpus=0, scheduling_strategy=_pinned(0))
-            .remote(shapes, DatasetOracle(target_train))
-        )
-    warm = ray.get(
-        [learner.target_shapes.remote(), pool.summary.remote(), *(s.target_shapes.remote() for s in scorers)],
-        timeout=FIRST_CALL_TIMEOUT_S,
-    )
-    if [tuple(s) for s in warm[0]] != shapes:
-        raise RuntimeError(f"the learner sees other target shapes than the files' headers: {warm[0][:3]} vs {shapes[:3]}")
+    pool = ray.remote(PoolActor).options(num_cpus=0, scheduling_strategy=_pinned(0)).remote(cfg, shapes)
     return TrialActors(
-        learner=ActorProxy(learner), pool=ActorProxy(pool), scorer=FanOutScorer(learner, scorers) if scorers else None
+        learner=ActorProxy(learner), pool=ActorProxy(pool), scorer=FanOutScorer(learner, scorers) if scorers else None,
+        shapes=shapes, _handles=[learner, pool, *scorers],
     )
 
 
-__all__ = ["ActorProxy", "FanOutScorer", "TrialActors", "TrialResources", "start_trial_actors"]
+__all__ = [
+    "ActorProxy", "FanOutScorer", "Hosted", "LearnerActor", "PoolActor", "TrialActors", "TrialResources",
+    "start_trial_actors",
+]

@@ -31,12 +31,15 @@ from typing import Any
 
 from ray import tune
 
+from halo_ray.atomic import atomic_write_bytes
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
-from halo_ray.learner import ensure_data
-from halo_ray.results import atomic_write_bytes
-from halo_ray.run import ActiveLearningRun, format_duration, load_checkpoint, save_checkpoint
 from halo_ray.rundir import claim_run_directory
+from halo_ray.splits import ensure_data
+
+# A trial's process imports this module to find ``run_trial``: nothing imported above loads
+# torch, so the trial creates its actors first and imports the run loop (torch) while they
+# start (docs/architecture.md §3).
 
 STATE_FILE = "state.pt"
 
@@ -91,6 +94,10 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = build_config(values, origin=f"search {meta['name']}")
     trial_id = tune.get_context().get_trial_id()
     actors = start_trial_actors(cfg, TrialResources(**meta["resources"]))
+    # while the actors start in their own processes: the run loop's imports (torch) here
+    from halo_ray.run import ActiveLearningRun, load_checkpoint
+
+    actors.ready()
 
     def log(message: str) -> None:
         print(f"[{trial_id}] {message}", file=sys.stderr, flush=True)
@@ -114,8 +121,10 @@ def run_trial(config: dict[str, Any]) -> None:
         run.close()
 
 
-def _report(run: ActiveLearningRun) -> None:
-    """Report the latest round's row with a checkpoint of the whole run state."""
+def _report(run: Any) -> None:
+    """Report the latest round's row with a checkpoint of the ``ActiveLearningRun``'s whole state."""
+    from halo_ray.run import save_checkpoint
+
     row = run.last_row
     metrics = {k: v for k, v in row.items() if k != "config_json" and v is not None}
     with tempfile.TemporaryDirectory() as folder:
@@ -163,6 +172,8 @@ class ProgressView(tune.Callback):
         self.finished.add(trial.trial_id)
 
     def _print(self, trials, trial, result) -> None:
+        from halo_ray.run.progress import format_duration
+
         done_rounds = sum(self.rounds_done.values())
         total_rounds = self.total_trials * self.rounds
         now = time.perf_counter()

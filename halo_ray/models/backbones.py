@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from halo_ray.names import MIN_TRAIN_MICRO_BATCH
+
 __all__ = [
     "ASPP", "BACKBONES", "MIN_TRAIN_MICRO_BATCH", "FeatureExtractor", "TinyDeepLab", "atrous_separable_conv",
     "build_backbone",
@@ -235,11 +237,6 @@ model, ``mit_b2`` the common paper size, ``mit_b0`` the cheap one. Their encoder
 ImageNet weights from a local file via :func:`~halo_ray.models.weights.load_backbone_weights`
 (MiT files in our, the mmseg or the Hugging Face key layout).
 """
-
-
-MIN_TRAIN_MICRO_BATCH: dict[str, int] = {"deeplabv3p_r50_deepstem": 2}
-"""Backbones that cannot train on fewer images per forward pass (their image-pooling branch has
-a BatchNorm, which sees a 1×1 map per image) → that least number; others train on one."""
 
 
 def build_backbone(name: str) -> FeatureExtractor:

@@ -22,16 +22,7 @@ import torch
 from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.data.labels import CITYSCAPES_CLASSES
-from halo_ray.learner import (
-    Learner,
-    LogFn,
-    ensure_data,
-    ensure_superpixels,
-    image_seed,
-    log_to_stderr,
-    open_split,
-    region_answers,
-)
+from halo_ray.learner import Learner, image_seed
 from halo_ray.metrics import Evaluation
 from halo_ray.multiclass import (
     REGION_STRATEGIES,
@@ -39,8 +30,7 @@ from halo_ray.multiclass import (
     random_scores,
     select_regions,
 )
-from halo_ray.pool import DatasetOracle, LabelPool
-from halo_ray.region_pool import RegionPool
+from halo_ray.pool import LabelPool
 from halo_ray.results import atomic_write_bytes, read_results
 from halo_ray.run.checkpointer import (
     CHECKPOINT_FORMAT,
@@ -53,6 +43,13 @@ from halo_ray.run.checkpointer import (
 from halo_ray.run.progress import ProgressLine, validation_chunks
 from halo_ray.run.recorder import Recorder
 from halo_ray.rundir import claim_run_directory
+from halo_ray.splits import (
+    LogFn,
+    ensure_data,
+    ensure_superpixels,
+    log_to_stderr,
+    open_pool,
+)
 
 __all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
 
@@ -116,8 +113,7 @@ class ActiveLearningRun:
             _check_budget_fits(cfg, self.shapes)
         self.names = self.learner.target_names()
         if pool is None:
-            oracle = DatasetOracle(open_split(cfg, "train"))
-            pool = region_pool(cfg, self.shapes, oracle) if self.multiclass else LabelPool(self.shapes, oracle)
+            pool = open_pool(cfg, self.shapes)
         self.pool = pool
         #: unit multiclass: superpixels per image and every region's click cost (loaded on first use)
         self._regions: list[int] | None = None
@@ -454,15 +450,6 @@ class ActiveLearningRun:
         if self._source_state is None:
             self._source_state = source_checkpoint(self.cfg, self.learner, self.log)
         return self._source_state
-
-
-def region_pool(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]], oracle: DatasetOracle) -> RegionPool:
-    """Unit multiclass: the pool of answered superpixels over the run's target-train images."""
-    answers = region_answers(cfg)
-    return RegionPool(
-        len(shapes), answers.superpixels, oracle, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim,
-        bill_void=cfg.bill_void, shapes=shapes, answers=answers,
-    )
 
 
 def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:

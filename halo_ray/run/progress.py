@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from halo_ray.learner import LogFn
+from halo_ray.splits import LogFn
 
 __all__ = ["ProgressLine", "format_duration", "validation_chunks"]
 

@@ -1,0 +1,67 @@
+"""A search trial's start-up: what its driver and label pool import before the actors start.
+
+A trial's driver creates its actors before it imports the run loop, so that the actors'
+torch imports and the driver's overlap (docs/architecture.md §3). These tests run a fresh
+interpreter, as a trial's process is, and look at what it imported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_trials_driver_imports_no_torch_before_it_creates_its_actors(tiny_config_values):
+    """Everything ``run_trial`` does before ``start_trial_actors`` returns: import the trainable's
+    module, validate the config, read the target-train headers, build the square pool."""
+    code = f"""
+import json, sys
+import halo_ray.distributed.search
+from halo_ray.config import build_config
+from halo_ray.splits import open_pool, open_split
+cfg = build_config(json.loads({json.dumps(tiny_config_values)!r}))
+train = open_split(cfg, "train")
+shapes = [tuple(train.image_size(i)) for i in range(len(train))]
+pool = open_pool(cfg, shapes)
+print(json.dumps(dict(torch="torch" in sys.modules, geoopt="geoopt" in sys.modules,
+                      pool=type(pool).__name__, images=len(shapes), shape=shapes[0])))
+"""
+    seen = _fresh(code)
+    assert seen == {"torch": False, "geoopt": False, "pool": "LabelPool", "images": 8, "shape": [64, 128]}
+
+
+@pytest.mark.parametrize("unit", ["region", "pixel"])
+def test_the_square_and_pixel_pool_actor_builds_without_torch(tiny_config_values, unit):
+    """The pool actor of a square or pixel run reveals real labels without ever importing torch."""
+    code = f"""
+import json, sys
+import numpy as np
+from halo_ray.config import build_config
+from halo_ray.distributed.actors import PoolActor
+cfg = build_config({{**json.loads({json.dumps(tiny_config_values)!r}), "unit": "{unit}"}})
+host = PoolActor(cfg, [(64, 128)] * 8)
+host.call("reveal_many", 1, [0], [np.array([[10, 20]], np.int32)], region_size=3, unit="{unit}")
+done = host.call("summary")
+print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_pixels"] + done["void_pixels"]))))
+"""
+    seen = _fresh(code)
+    assert seen["torch"] is False
+    assert seen["labelled"] == (9 if unit == "region" else 1)
+
+
+def test_every_backbone_name_is_a_registered_backbone():
+    """The torch-free names the config checks against are exactly the model registry's keys."""
+    from halo_ray.models import BACKBONES
+    from halo_ray.names import BACKBONE_NAMES
+
+    assert tuple(BACKBONES) == BACKBONE_NAMES
