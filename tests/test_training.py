@@ -39,6 +39,23 @@ def test_radius_iou_spearman():
     assert math.isnan(radius_iou_spearman(np.array([1.0, 2.0]), np.array([1.0, 2.0])))
 
 
+def test_radius_iou_spearman_equals_scipys_with_ties_and_gaps():
+    """Our numpy ρ (average ranks for ties) is scipy's on random classes with ties and NaNs."""
+    from scipy import stats
+
+    from halo_ray.metrics import average_ranks
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        radius = rng.integers(0, 6, 19).astype(float)  # many ties
+        iou = np.round(rng.uniform(0, 100, 19), 0)
+        radius[rng.random(19) < 0.2] = np.nan
+        ok = np.isfinite(radius) & np.isfinite(iou)
+        want = stats.spearmanr(radius[ok], iou[ok]).statistic if np.ptp(radius[ok]) and np.ptp(iou[ok]) else np.nan
+        assert radius_iou_spearman(radius, iou) == pytest.approx(want, abs=1e-12, nan_ok=True)
+        np.testing.assert_array_equal(average_ranks(iou), stats.rankdata(iou, method="average"))
+
+
 def _quiet(_: str) -> None:
     pass
 
