@@ -288,18 +288,19 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
 
     Each builds its object in its own process: the learner loads the data and builds the
     model (on its GPU when the bundle has one), the pool's oracle reads ground-truth labels
-    from disk lazily. The pool is sized from the target-train file headers read here (no
-    torch needed), so it starts beside the learner; :meth:`TrialActors.ready` waits for all
-    of them and checks that the learner's shapes agree.
+    from disk lazily. The learners are created first; the pool is sized from the
+    target-train file headers read here meanwhile (no torch needed); :meth:`TrialActors.ready`
+    waits for all of them and checks that the learner's shapes agree.
     """
     device = "cuda" if resources.learner_gpus else cfg.device
     learner_cfg = cfg.replace(device=device) if device != cfg.device else cfg
-    target_train = open_split(cfg, "train")
-    shapes = [(int(h), int(w)) for h, w in (target_train.image_size(i) for i in range(len(target_train)))]
-    if cfg.unit == "multiclass":  # the superpixel cache is filled before any actor reads it
-        ensure_superpixels(cfg, log=lambda _: None, train=target_train)
+    # the learners first: they import the most, and read no superpixel before ready() returns
     learner = _learner_actor(learner_cfg, resources, 1)
     scorers = [_learner_actor(learner_cfg, resources, 2 + k) for k in range(resources.scorers)]
+    target_train = open_split(cfg, "train")
+    shapes = [(int(h), int(w)) for h, w in (target_train.image_size(i) for i in range(len(target_train)))]
+    if cfg.unit == "multiclass":  # the superpixel cache is filled before any actor reads a superpixel
+        ensure_superpixels(cfg, log=lambda _: None, train=target_train)
     pool = ray.remote(PoolActor).options(num_cpus=0, scheduling_strategy=_pinned(0)).remote(cfg, shapes)
     return TrialActors(
         learner=ActorProxy(learner), pool=ActorProxy(pool), scorer=FanOutScorer(learner, scorers) if scorers else None,
