@@ -160,9 +160,10 @@ def _pinned(bundle: int) -> PlacementGroupSchedulingStrategy:
 class FanOutScorer:
     """Scores target-train images on several scorer actors at once, with the learner's weights.
 
-    A scorer is a :class:`LearnerActor` that never trains: before scoring a round it takes the learner's current weights (passed between
-    actors through the object store, not through this process). Images are split into
-    contiguous chunks, one per scorer, and the maps come back in the order asked for.
+    A scorer is a :class:`LearnerActor` that never trains: before scoring a round it takes
+    the learner's current weights (passed between actors through the object store, not
+    through this process). Images are split into contiguous chunks, one per scorer, and the
+    maps come back in the order asked for.
     """
 
     def __init__(self, learner: Any, scorers: Sequence[Any], timeout_s: float | None = None):
