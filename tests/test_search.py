@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,17 @@ def test_search_runs_whole_trials_with_one_row_per_round(ray_session, tmp_path, 
     # resuming with other settings is refused, naming what differs
     assert main(["search", str(space), "--storage", str(storage), "--resume", "--set", "budget=5.0"]) == 2
     assert "base_config.budget" in capsys.readouterr().err
+    # a search.json written before a key existed: the key ran at its default, so it resumes;
+    # a key missing there whose value now differs from its default is still named
+    saved_file = storage / "tiny" / "search.json"
+    saved = json.loads(saved_file.read_text())
+    del saved["base_config"]["round_model"], saved["base_config"]["budget"]  # budget=4.0: not the default
+    saved_file.write_text(json.dumps(saved))
+    assert main(["search", str(space), "--storage", str(storage), "--resume", "--set", "budget=4.0"]) == 2
+    err = capsys.readouterr().err
+    assert "base_config.budget" in err and "round_model" not in err
+    saved["base_config"]["budget"] = 4.0
+    saved_file.write_text(json.dumps(saved))
     # resuming a finished search runs nothing again and adds no row
     assert main(["search", str(space), "--storage", str(storage), "--resume", "--set", "budget=4.0"]) == 0
     again = pd.read_parquet(storage / "tiny" / "results")

@@ -238,7 +238,11 @@ def _check_same_search(space: SearchSpace, saved_file: Path) -> None:
     keys = ("parameters", "variants", "searcher", "num_samples", "metric", "mode", "scheduler")
     saved.setdefault("variants", [])  # written before variants existed: none
     differ = [k for k in keys if saved.get(k) != now.get(k)]
-    old_base, new_base = saved.get("base_config", {}), now["base_config"]
+    # a key a later halo_ray added ran at its default in the saved search (as ``run_id`` holds)
+    from halo_ray.config import ExperimentConfig
+
+    defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
+    old_base, new_base = {**defaults, **saved.get("base_config", {})}, now["base_config"]
     differ += [f"base_config.{k}" for k in sorted(set(old_base) | set(new_base)) if old_base.get(k) != new_base.get(k)]
     if differ:
         raise SearchSpaceError(
