@@ -252,7 +252,7 @@ class ExperimentConfig:
         # a weight now; 0 hashes as the switch's old "off", so those caches stay valid
         payload["local_consistency"] = self.local_consistency or False
         # later keys count only away from their defaults, so caches written before they existed stay valid
-        defaults = _default_values()
+        defaults = default_values()
         for name in keys_where(source="if_set"):
             if self.to_dict()[name] != defaults[name]:
                 payload[name] = self.to_dict()[name]
@@ -288,7 +288,7 @@ class ExperimentConfig:
         defaults, runtime keys aside. A run resumed on another device or with other thread
         counts keeps its id, and so does every run when a later halo_ray adds a key (whose
         default keeps the old behaviour)."""
-        defaults = _default_values()
+        defaults = default_values()
         payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS and v != defaults[k]}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -298,8 +298,11 @@ class ExperimentConfig:
 
 
 @functools.cache
-def _default_values() -> dict[str, Any]:
-    """Every key's default (``to_dict`` form); read-only by convention, for :meth:`ExperimentConfig.run_id`."""
+def default_values() -> dict[str, Any]:
+    """Every key's default in :meth:`ExperimentConfig.to_dict` form, which is also how
+    ``config_json`` and ``search.json`` hold it: what a config written before a key existed
+    ran with (:meth:`ExperimentConfig.run_id`, ``analyze``, ``search --resume``). Read-only
+    by convention (cached): merge it into a new dict."""
     return ExperimentConfig().to_dict()
 
 
@@ -846,6 +849,7 @@ __all__ = [
     "HYPERBOLIC_STRATEGIES",
     "STRATEGIES",
     "build_config",
+    "default_values",
     "config_json_schema",
     "config_keys",
     "load_config",

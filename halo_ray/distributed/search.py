@@ -239,10 +239,9 @@ def _check_same_search(space: SearchSpace, saved_file: Path) -> None:
     saved.setdefault("variants", [])  # written before variants existed: none
     differ = [k for k in keys if saved.get(k) != now.get(k)]
     # a key a later halo_ray added ran at its default in the saved search (as ``run_id`` holds)
-    from halo_ray.config import ExperimentConfig
+    from halo_ray.config import default_values
 
-    defaults = json.loads(json.dumps(ExperimentConfig().to_dict()))
-    old_base, new_base = {**defaults, **saved.get("base_config", {})}, now["base_config"]
+    old_base, new_base = {**default_values(), **saved.get("base_config", {})}, now["base_config"]
     differ += [f"base_config.{k}" for k in sorted(set(old_base) | set(new_base)) if old_base.get(k) != new_base.get(k)]
     if differ:
         raise SearchSpaceError(

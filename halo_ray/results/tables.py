@@ -14,7 +14,6 @@ not the experiment (a search launched from two folders still pairs).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import warnings
@@ -164,14 +163,6 @@ def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-@functools.cache
-def _config_defaults() -> dict[str, Any]:
-    """Every config key at its default, as ``config_json`` writes it."""
-    from halo_ray.config import ExperimentConfig
-
-    return json.loads(ExperimentConfig().to_json())
-
-
 def trial_config(config_json: str, *, trial_id: str = "?") -> dict[str, Any]:
     """A trial's config from its ``config_json``, with the keys a later halo_ray added at their
     defaults: a trial written before a key existed ran as that default does (the rule
@@ -182,7 +173,9 @@ def trial_config(config_json: str, *, trial_id: str = "?") -> dict[str, Any]:
         raise AnalysisError(f"trial {trial_id}: config_json is not valid JSON ({err})") from err
     if not isinstance(config, dict):
         raise AnalysisError(f"trial {trial_id}: config_json must hold a JSON object, but got {config_json[:60]!r}")
-    return {**_config_defaults(), **config} if config else {}
+    from halo_ray.config import default_values
+
+    return {**default_values(), **config} if config else {}
 
 
 def pairing_key(config_json: str, *, trial_id: str = "?") -> str:
