@@ -220,3 +220,26 @@ def test_the_released_model_settings_are_checked(tiny_config_values, tmp_path):
     assert rows["embed_dim"].isna().all()  # no reduction: the Parquet column is null
     head = run.learner.trainer.model.head
     assert isinstance(head.reduce, torch.nn.Identity) and head.weight.shape[1] == run.learner.trainer.model.backbone.out_channels
+
+
+def test_a_run_handed_its_pool_trusts_the_filled_superpixel_cache(tiny_config_values, tmp_path, monkeypatch):
+    """A search trial fills the superpixel cache before its pool opens and hands the pool over:
+    the run does not read every target header and check every cached file a second time."""
+    import halo_ray.run.loop as loop
+    from halo_ray.learner import Learner
+    from halo_ray.splits import ensure_superpixels, open_pool
+
+    cfg = build_config(_values(tiny_config_values, tmp_path, rounds=1))
+    ensure_superpixels(cfg, log=_quiet)
+
+    learner = Learner(cfg, log=_quiet)
+    pool = open_pool(cfg, [(int(h), int(w)) for h, w in learner.target_shapes()])
+
+    def refuse(*_, **__):
+        raise AssertionError("the superpixel cache was checked again")
+
+    monkeypatch.setattr(loop, "ensure_superpixels", refuse)
+    rows = ActiveLearningRun(cfg, tmp_path / "run", learner=learner, pool=pool, log=_quiet, tensorboard=False).execute()
+    assert rows["clicks"].tolist()[0] == 0 and 0 < rows["clicks"].tolist()[1] <= 40
+    with pytest.raises(AssertionError, match="checked again"):  # without a pool the run fills the cache itself
+        ActiveLearningRun(cfg, tmp_path / "run2", learner=learner, log=_quiet, tensorboard=False)

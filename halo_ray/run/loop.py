@@ -73,7 +73,9 @@ class ActiveLearningRun:
     Scoring goes to ``scorer`` (the learner itself by default; a fan-out over scorer actors
     in a search), which must score with the learner's current weights. ``own_checkpoints``
     False: the caller persists :meth:`checkpoint_state` (a search trial reports it to Tune)
-    and calls :meth:`checkpoint_written`.
+    and calls :meth:`checkpoint_written`. A ``pool`` handed over (unit multiclass) was opened on
+    a filled superpixel cache (:func:`~halo_ray.splits.ensure_superpixels`); without one the
+    run fills the cache itself.
     """
 
     def __init__(
@@ -104,7 +106,7 @@ class ActiveLearningRun:
         )
         self.checkpoints = Checkpointer(cfg, self.out_dir, own=own_checkpoints)
         ensure_data(cfg, log)
-        if cfg.unit == "multiclass":
+        if cfg.unit == "multiclass" and pool is None:  # a pool handed over was opened on a filled cache
             ensure_superpixels(cfg, log)
         self.learner = learner if learner is not None else Learner(cfg, log=log)
         self.shapes = [(int(h), int(w)) for h, w in self.learner.target_shapes()]
