@@ -66,6 +66,21 @@ def test_same_seed_gives_identical_files_and_other_seed_differs(tmp_path):
     assert all(files_a[k] != files_c[k] for k in images if "/images/" in k or "leftImg8bit" in k)
 
 
+def test_worker_processes_write_the_same_files(tmp_path, monkeypatch):
+    """Frames are generated over worker processes (spawned) with the same bytes as in-process."""
+    import halo_ray.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "_PARALLEL_MIN_FRAMES", 0)  # SMALL is below the threshold
+    one = _tree_bytes(generate_benchmark(tmp_path / "one", seed=4, workers=1, **SMALL).root)
+    two = _tree_bytes(generate_benchmark(tmp_path / "two", seed=4, workers=2, **SMALL).root)
+    images = [k for k in one if k != MANIFEST_NAME]
+    assert set(one) == set(two) and len(images) == 2 * (3 + 5 + 6)
+    assert all(one[k] == two[k] for k in images)
+    with pytest.raises(ValueError, match="workers must be a positive integer, but got workers=0"):
+        generate_benchmark(tmp_path / "none", seed=4, workers=0, **SMALL)
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_frame_does_not_depend_on_how_many_frames_were_asked_for():
     one = generate_sample(3, "target", "val", 7, height=H, width=W)
     again = generate_sample(3, "target", "val", 7, height=H, width=W)

@@ -1161,31 +1161,63 @@ def _acdc_name(condition: str, split: str, index: int) -> tuple[str, int]:
     return f"GOPR{number:04d}", 6 * (index % ACDC_FRAMES_PER_SEQUENCE) + 1
 
 
-def _write_tree(
-    tmp: Path, seed: int, h: int, w: int, counts: dict[str, int], conditions: tuple[str, ...]
-) -> None:
-    """Write all three layouts under ``tmp`` (frame i of each list = reader index i)."""
+#: one frame to write: (domain, split, index, condition, image path, label path, label writer)
+_Frame = tuple[str, str, int, "str | None", Path, Path, str]
+#: frames below this count are written in-process: starting worker processes costs more
+_PARALLEL_MIN_FRAMES = 64
+
+
+def _frames(tmp: Path, counts: dict[str, int], conditions: tuple[str, ...]) -> list[_Frame]:
+    """Every frame of the three layouts under ``tmp`` (frame i of each list = reader index i)."""
     gtav, cs, acdc = tmp / "gtav", tmp / "cityscapes", tmp / "acdc"
+    frames: list[_Frame] = []
     for i in range(counts["n_source"]):
-        s = generate_sample(seed, "source", "train", i, height=h, width=w)
-        img_path, lbl_path = gtav_files(gtav, i + 1)
-        _save_rgb(img_path, s.image)
-        _save_palette(lbl_path, s.label_ids)
+        frames.append(("source", "train", i, None, *gtav_files(gtav, i + 1), "palette"))
     for split, n in (("train", counts["n_target_train"]), ("val", counts["n_target_val"])):
         for i in range(n):
-            s = generate_sample(seed, "target", split, i, height=h, width=w)
             city, seq = _city_of(split, i, n)
-            img_path, lbl_path = cityscapes_files(cs, split, city, seq, CITYSCAPES_FRAME)
-            _save_rgb(img_path, s.image)
-            _save_gray(lbl_path, s.label_ids)
+            frames.append(("target", split, i, None, *cityscapes_files(cs, split, city, seq, CITYSCAPES_FRAME), "gray"))
     for cond in conditions:
         for split, n in (("train", counts["n_adverse_train"]), ("val", counts["n_adverse_val"])):
             for i in range(n):
-                s = generate_sample(seed, "adverse", split, i, height=h, width=w, condition=cond)
                 sequence, frame = _acdc_name(cond, split, i)
-                img_path, lbl_path = acdc_files(acdc, cond, split, sequence, frame)
-                _save_rgb(img_path, s.image)
-                _save_gray(lbl_path, s.label_ids)
+                frames.append(("adverse", split, i, cond, *acdc_files(acdc, cond, split, sequence, frame), "gray"))
+    return frames
+
+
+def _write_frames(seed: int, h: int, w: int, frames: Sequence[_Frame]) -> None:
+    """Generate and save ``frames`` (a worker process's share, or all of them)."""
+    for domain, split, index, condition, img_path, lbl_path, writer in frames:
+        s = generate_sample(seed, domain, split, index, height=h, width=w, condition=condition)
+        _save_rgb(img_path, s.image)
+        (_save_palette if writer == "palette" else _save_gray)(lbl_path, s.label_ids)
+
+
+def _write_tree(
+    tmp: Path, seed: int, h: int, w: int, counts: dict[str, int], conditions: tuple[str, ...], workers: int
+) -> None:
+    """Write all three layouts under ``tmp``, over ``workers`` processes. Every frame has its
+    own random stream (:func:`generate_sample`), so the files do not depend on ``workers``."""
+    frames = _frames(tmp, counts, conditions)
+    if workers <= 1 or len(frames) < _PARALLEL_MIN_FRAMES:
+        _write_frames(seed, h, w, frames)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [frames[k::workers] for k in range(workers)]  # interleaved: the domains cost alike
+    # spawn, not fork: the caller may hold threads (a Ray driver, a decoding pool)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(_write_frames, seed, h, w, share) for share in shares]:
+            done.result()
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def generate_benchmark(
@@ -1201,6 +1233,7 @@ def generate_benchmark(
     n_adverse_val: int = 50,
     conditions: Sequence[str] = ("fog", "night", "rain"),
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> BenchmarkPaths:
     """Write the embedded benchmark under ``out_dir`` in the official layouts.
 
@@ -1210,7 +1243,9 @@ def generate_benchmark(
     for the same arguments. Everything is written into a temporary folder next to
     ``out_dir`` and moved into place at the end, so an interrupted run leaves no partial
     tree; existing layout folders are an error unless ``overwrite=True``. Concurrent
-    calls with identical arguments are safe (the first finished tree is kept).
+    calls with identical arguments are safe (the first finished tree is kept). ``workers``
+    processes generate the frames (default: the CPUs this process may use); the files are the
+    same for any number.
     """
     out = Path(out_dir)
     _check_dims(height, width)
@@ -1237,6 +1272,10 @@ def generate_benchmark(
         )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, but got seed={seed!r}")
+    if workers is None:
+        workers = _usable_cpus()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, but got workers={workers!r}")
     layouts = ("gtav", "cityscapes", "acdc")
     existing = [out / name for name in layouts if (out / name).exists()]
     if existing and not overwrite:
@@ -1252,7 +1291,7 @@ def generate_benchmark(
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the tree is meant to be shared
         t0 = time.perf_counter()
-        _write_tree(tmp, int(seed), int(height), int(width), counts, conditions)
+        _write_tree(tmp, int(seed), int(height), int(width), counts, conditions, int(workers))
         manifest = {
             "generator": "halo_ray.data.synthetic",
             "seed": int(seed),
