@@ -270,6 +270,18 @@ class ExperimentConfig:
         payload = {"source": self.source_key(), **{k: values[k] for k in keys_where(validation=True)}}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+    def source_cache_files(self) -> tuple[Path, Path]:
+        """Where this config's source model is cached in ``source_cache``, and where its
+        best source-phase validation (``source_select: best``) is."""
+        folder = Path(self.source_cache)
+        key = self.source_key()
+        return folder / f"source-{key}.pt", folder / f"source-{key}-best-{self.validation_key()}.pt"
+
+    def source_cached(self) -> bool:
+        """Whether the cache holds everything a run of this config needs from its source phase."""
+        path, best_path = self.source_cache_files()
+        return path.exists() and (self.source_select != "best" or best_path.exists())
+
     def round_lengths(self) -> list[int]:
         """Training steps of each round: ``round_steps`` each, or the gaps between
         ``select_steps`` (the last round runs to ``rounds × round_steps`` adaptation steps)."""

@@ -426,3 +426,36 @@ def test_trial_bundles_are_packed_over_the_nodes():
     assert "nodes have 1.9 CPU/1 GPU, 1.9 CPU/1 GPU, 1.9 CPU/1 GPU" in two_scorers.unmet([{"CPU": 1.9, "GPU": 1}] * 3)
     assert TrialResources().unmet([{"CPU": 1.0}]) is None
     assert TrialResources().unmet([]) is not None
+
+
+def test_source_models_are_pretrained_ahead_of_the_trials(ray_session, tmp_path, tiny_config_values):
+    """A grid search's missing source models (one per seed here: the strategy is not in the
+    source key) are trained before its trials, each on its share of the CPUs, and equal the
+    model a plain run trains with that many threads."""
+    import torch
+
+    from halo_ray.distributed.actors import TrialResources
+    from halo_ray.distributed.search import SearchPaths, pretrain_sources, sources_to_pretrain
+    from halo_ray.distributed.space import load_search_space
+    from halo_ray.learner import Learner
+    from halo_ray.run import load_checkpoint
+    from halo_ray.run.checkpointer import source_checkpoint
+
+    space = load_search_space(_space(tmp_path, tiny_config_values, parameters={
+        "strategy": {"grid": ["halo", "random"]}, "seed": {"grid": [0, 1]}}))
+    paths = SearchPaths(tmp_path / "runs" / "tiny")
+    configs = sources_to_pretrain(space, paths)
+    assert sorted(c.seed for c in configs) == [0, 1]
+    assert all(Path(c.source_cache) == paths.source_cache for c in configs)
+    pretrain_sources(configs, TrialResources())  # 2 CPUs, 2 models: one thread each
+    assert sources_to_pretrain(space, paths) == []
+    for cfg in configs:
+        plain = cfg.replace(num_threads=1, source_cache=str(tmp_path / f"plain{cfg.seed}"))
+        want = source_checkpoint(plain, Learner(plain, log=lambda _: None), lambda _: None)
+        got = load_checkpoint(cfg.source_cache_files()[0])
+        assert want["trainer"]["model"].keys() == got["trainer"]["model"].keys()
+        assert all(torch.equal(want["trainer"]["model"][k], got["trainer"]["model"][k]) for k in got["trainer"]["model"])
+    # trials drawn at random are not known ahead: they pre-train as they come
+    drawn = load_search_space(_space(tmp_path, tiny_config_values, searcher="random", num_samples=2,
+                                     parameters={"curvature": {"uniform": [0.5, 1.5]}}))
+    assert sources_to_pretrain(drawn, SearchPaths(tmp_path / "drawn")) == []

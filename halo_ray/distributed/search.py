@@ -32,6 +32,7 @@ from typing import Any
 from ray import tune
 
 from halo_ray.atomic import atomic_write_bytes
+from halo_ray.config import ExperimentConfig
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
 from halo_ray.rundir import claim_run_directory
@@ -196,6 +197,67 @@ class ProgressView(tune.Callback):
         )
 
 
+def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[ExperimentConfig]:
+    """One trial config per source model the search needs and its cache lacks, when every
+    trial is known before the search starts (every parameter a grid axis); otherwise none,
+    and trials pre-train as they come (the first of a source config trains it, the others
+    wait for it)."""
+    from halo_ray.config import build_config
+
+    if any(not p.is_grid_axis(space.searcher) for p in space.parameters):
+        return []
+    needed: dict[tuple[Path, Path], ExperimentConfig] = {}
+    for point in space.grid_points():
+        values = _absolute(space.trial_config(point).to_values())
+        cfg = build_config({**values, "source_cache": str(paths.source_cache)}, origin=f"search {space.name}")
+        if not cfg.source_cached():
+            needed.setdefault(cfg.source_cache_files(), cfg)
+    return list(needed.values())
+
+
+def _pretrain_source(values: dict[str, Any]) -> None:
+    """Ray task: train and cache one source model (the trials then read it)."""
+    from halo_ray.config import build_config
+    from halo_ray.learner import Learner
+    from halo_ray.run.checkpointer import source_checkpoint
+
+    cfg = build_config(values, origin="search source pre-training")
+
+    def log(message: str) -> None:
+        print(f"[source {cfg.source_key()}] {message}", file=sys.stderr, flush=True)
+
+    source_checkpoint(cfg, Learner(cfg, log=log), log)
+
+
+def pretrain_sources(configs: list[ExperimentConfig], resources: TrialResources) -> None:
+    """Train the search's missing source models before its trials start, side by side, each
+    on an equal share of the cluster's CPUs (at least a learner's, at most one node's) with
+    as many torch threads, and a learner's GPUs.
+
+    Otherwise the first trial of a source config trains it on its one learner bundle while
+    the trials that share it hold their bundles idle. The thread count is a runtime key: on
+    CPU it changes float sums in their last bits, so the cached model equals a ``halo-ray
+    run`` of that config with ``num_threads`` set to it.
+    """
+    if not configs:
+        return
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    largest = max((n.get("CPU", 0.0) for n in nodes), default=1.0)
+    share = float(ray.cluster_resources().get("CPU", 1.0)) // len(configs)
+    cpus = max(resources.learner_cpus, min(largest, share))
+    threads = max(1, int(cpus))
+    device = "cuda" if resources.learner_gpus else None
+    print(f"source pre-training ahead of the trials: {len(configs)} model(s), {threads} thread(s) each",
+          file=sys.stderr, flush=True)
+    task = ray.remote(_pretrain_source).options(num_cpus=cpus, num_gpus=resources.learner_gpus, max_retries=2)
+    ray.get([
+        task.remote({**cfg.to_values(), "num_threads": threads, **({"device": device} if device else {})})
+        for cfg in configs
+    ])
+
+
 def _tuner(space: SearchSpace, paths: SearchPaths, resources: TrialResources, name: str, param_space: dict, search_alg=None):
     from ray.tune.schedulers import ASHAScheduler
 
@@ -287,6 +349,7 @@ def run_search(
     ensure_data(space.base_config().replace(data_root=str(Path(space.base_config().data_root).resolve())))
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(paths.root / "search.json", lambda tmp: tmp.write_text(json.dumps(space.to_dict(), indent=2)))
+    pretrain_sources(sources_to_pretrain(space, paths), resources)
     for name, param_space, search_alg in runs:
         tune_dir = paths.root / name
         if resume and tune.Tuner.can_restore(str(tune_dir)):
@@ -303,5 +366,8 @@ def run_search(
     return paths.results
 
 
-__all__ = ["ProgressView", "SearchPaths", "run_search", "run_trial", "trial_checkpoint"]
+__all__ = [
+    "ProgressView", "SearchPaths", "pretrain_sources", "run_search", "run_trial", "sources_to_pretrain",
+    "trial_checkpoint",
+]
 

@@ -134,11 +134,10 @@ def source_checkpoint(cfg: ExperimentConfig, learner: Learner, log: LogFn) -> di
     record under ``"best"``) with the last step's optimizer and generator. That record
     depends on the target, so it is cached apart (:meth:`ExperimentConfig.validation_key`).
     """
-    path = Path(cfg.source_cache) / f"source-{cfg.source_key()}.pt"
-    best_path = Path(cfg.source_cache) / f"source-{cfg.source_key()}-best-{cfg.validation_key()}.pt"
+    path, best_path = cfg.source_cache_files()
     want_best = cfg.source_select == "best"
     with _file_lock(path.with_suffix(".lock")):
-        if not path.exists() or (want_best and not best_path.exists()):
+        if not cfg.source_cached():
             log(f"source pre-training: {cfg.source_steps} steps (cache {path})")
             total = cfg.total_steps if cfg.loop == "continuous" else cfg.source_steps  # adapt/retrain: own schedule
             progress = ProgressLine(log, cfg.log_every, "source", total)
