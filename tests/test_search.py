@@ -429,8 +429,8 @@ def test_trial_bundles_are_packed_over_the_nodes():
 
 
 def test_source_models_are_pretrained_ahead_of_the_trials(ray_session, tmp_path, tiny_config_values):
-    """A grid search's missing source models (one per seed here: the strategy is not in the
-    source key) are trained before its trials, each on its share of the CPUs, and equal the
+    """A grid search's missing shared source models (one per seed here: the strategy is not
+    in the source key) are trained before its trials, each on its share of the CPUs, and equal the
     model a plain run trains with that many threads."""
     import torch
 
@@ -459,3 +459,6 @@ def test_source_models_are_pretrained_ahead_of_the_trials(ray_session, tmp_path,
     drawn = load_search_space(_space(tmp_path, tiny_config_values, searcher="random", num_samples=2,
                                      parameters={"curvature": {"uniform": [0.5, 1.5]}}))
     assert sources_to_pretrain(drawn, SearchPaths(tmp_path / "drawn")) == []
+    # a source model that one trial needs is trained in that trial, at no idle cost to others
+    alone = load_search_space(_space(tmp_path, tiny_config_values, parameters={"seed": {"grid": [0, 1]}}))
+    assert sources_to_pretrain(alone, SearchPaths(tmp_path / "alone")) == []

@@ -198,21 +198,25 @@ class ProgressView(tune.Callback):
 
 
 def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[ExperimentConfig]:
-    """One trial config per source model the search needs and its cache lacks, when every
-    trial is known before the search starts (every parameter a grid axis); otherwise none,
-    and trials pre-train as they come (the first of a source config trains it, the others
-    wait for it)."""
+    """One trial config per source model that two or more of the search's trials share and
+    its cache lacks, when every trial is known before the search starts (every parameter a
+    grid axis). Trials pre-train the others as they come: a model one trial needs costs it
+    nothing extra, and drawn trials are not known ahead (the first trial of a source config
+    trains it, the others wait for it)."""
     from halo_ray.config import build_config
 
     if any(not p.is_grid_axis(space.searcher) for p in space.parameters):
         return []
     needed: dict[tuple[Path, Path], ExperimentConfig] = {}
+    trials: dict[tuple[Path, Path], int] = {}
     for point in space.grid_points():
         values = _absolute(space.trial_config(point).to_values())
         cfg = build_config({**values, "source_cache": str(paths.source_cache)}, origin=f"search {space.name}")
         if not cfg.source_cached():
-            needed.setdefault(cfg.source_cache_files(), cfg)
-    return list(needed.values())
+            files = cfg.source_cache_files()
+            needed.setdefault(files, cfg)
+            trials[files] = trials.get(files, 0) + space.num_samples
+    return [cfg for files, cfg in needed.items() if trials[files] >= 2]
 
 
 def _pretrain_source(values: dict[str, Any]) -> None:
