@@ -482,7 +482,8 @@ class Trainer:
                 probs = self.upsample(logits[part], size).softmax(dim=1)
                 if mirrored is not None:  # flip test-time augmentation: mean of the two softmaxes
                     probs = (probs + self.upsample(mirrored[part], size).softmax(dim=1).flip(-1)) / 2
-                conf += confusion_matrix(probs.argmax(dim=1), target, C)
+                # max(dim).indices: argmax's result (first maximum, NaN counts as one) at half its CPU time
+                conf += confusion_matrix(probs.max(dim=1).indices, target, C)
                 if c is not None:
                     radius = radius_map(self.upsample(emb[part], size), c=c)  # [b, H, W]
                     keep = target != IGNORE_INDEX
