@@ -32,7 +32,7 @@ from typing import Any
 from ray import tune
 
 from halo_ray.atomic import atomic_write_bytes
-from halo_ray.config import ExperimentConfig
+from halo_ray.config import ExperimentConfig, build_config
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
 from halo_ray.rundir import claim_run_directory
@@ -84,8 +84,6 @@ class SearchPaths:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: one whole active-learning run, one report per round."""
-    from halo_ray.config import build_config
-
     meta = config["halo_ray"]
     params = {k: _plain(v) for k, v in config.items() if k != "halo_ray"}
     variant = meta["variants"][params.pop(VARIANT_KEY)] if meta["variants"] else {}
@@ -203,8 +201,6 @@ def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[Experime
     grid axis). Trials pre-train the others as they come: a model one trial needs costs it
     nothing extra, and drawn trials are not known ahead (the first trial of a source config
     trains it, the others wait for it)."""
-    from halo_ray.config import build_config
-
     if any(not p.is_grid_axis(space.searcher) for p in space.parameters):
         return []
     needed: dict[tuple[Path, Path], ExperimentConfig] = {}
@@ -221,7 +217,6 @@ def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[Experime
 
 def _pretrain_source(values: dict[str, Any]) -> None:
     """Ray task: train and cache one source model (the trials then read it)."""
-    from halo_ray.config import build_config
     from halo_ray.learner import Learner
     from halo_ray.run.checkpointer import source_checkpoint
 
