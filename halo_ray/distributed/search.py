@@ -32,7 +32,7 @@ from typing import Any
 from ray import tune
 
 from halo_ray.atomic import atomic_write_bytes
-from halo_ray.config import ExperimentConfig, build_config
+from halo_ray.config import ExperimentConfig, build_config, default_values
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
 from halo_ray.rundir import claim_run_directory
@@ -300,8 +300,6 @@ def _check_same_search(space: SearchSpace, saved_file: Path) -> None:
     saved.setdefault("variants", [])  # written before variants existed: none
     differ = [k for k in keys if saved.get(k) != now.get(k)]
     # a key a later halo_ray added ran at its default in the saved search (as ``run_id`` holds)
-    from halo_ray.config import default_values
-
     old_base, new_base = {**default_values(), **saved.get("base_config", {})}, now["base_config"]
     differ += [f"base_config.{k}" for k in sorted(set(old_base) | set(new_base)) if old_base.get(k) != new_base.get(k)]
     if differ:
