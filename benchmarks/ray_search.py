@@ -56,18 +56,19 @@ def _space(folder: Path, name: str, experiment: dict, seeds: list[int]) -> Path:
     return path
 
 
-def _search(space_file: Path, storage: Path) -> float:
+def _search(space_file: Path, storage: Path, warm_learners: bool = True) -> float:
     """Wall seconds of one search on the Ray this process is connected to."""
     from halo_ray.distributed.search import run_search
     from halo_ray.distributed.space import load_search_space
 
     t0 = time.perf_counter()
-    run_search(load_search_space(space_file), storage)
+    run_search(load_search_space(space_file), storage, warm_learners=warm_learners)
     return time.perf_counter() - t0
 
 
 def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> dict[str, float]:
-    """In-process run vs the same run as a one-trial search (median over ``repeats``)."""
+    """In-process run vs the same run as a one-trial search, with its learner process started
+    ahead (the default) and started when the trial asks for it (median over ``repeats``)."""
     import statistics
 
     import ray
@@ -76,7 +77,7 @@ def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> d
     from halo_ray.run import run_experiment
 
     values = _experiment(folder, data_root, round_steps)
-    local, searched = [], []
+    local, searched, cold = [], [], []
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **NODE)
     ray_init_s = time.perf_counter() - t0
@@ -90,10 +91,16 @@ def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> d
             (folder / f"s{k}").mkdir()
             space = _space(folder / f"s{k}", "overhead", values, seeds=[0])
             searched.append(_search(space, folder / f"search{k}"))
+            (folder / f"c{k}").mkdir()
+            space = _space(folder / f"c{k}", "overhead_cold", values, seeds=[0])
+            cold.append(_search(space, folder / f"cold{k}", warm_learners=False))
     finally:
         ray.shutdown()
-    loc, sea = statistics.median(local), statistics.median(searched)
-    return {"ray_init_s": ray_init_s, "local_s": loc, "search_s": sea, "overhead_s": sea - loc, "ratio": sea / loc}
+    loc, sea, col = statistics.median(local), statistics.median(searched), statistics.median(cold)
+    return {
+        "ray_init_s": ray_init_s, "local_s": loc, "search_s": sea, "overhead_s": sea - loc, "ratio": sea / loc,
+        "cold_search_s": col, "cold_overhead_s": col - loc,
+    }
 
 
 def _noop_trial(config: dict) -> None:
@@ -116,8 +123,9 @@ print(json.dumps(dict(trainable_module_s=t1 - t0, run_loop_s=t2 - t1)))
 
 def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, float]:
     """Where the overhead goes: an empty Tune trial with a trial's placement group; the imports
-    of a trial's process (a fresh interpreter, as a trial's is); and the learner and label-pool
-    actors started at once, as a trial starts them, each timed to its first answer."""
+    of a trial's process (a fresh interpreter, as a trial's is); the learner and label-pool
+    actors started at once, as a trial starts them, each timed to its first answer; and a
+    learner actor in a process started ahead (a warm one, idle by then)."""
     import json
     import subprocess
     import sys
@@ -127,6 +135,7 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
 
     from halo_ray.config import build_config
     from halo_ray.distributed.actors import LearnerActor, PoolActor, TrialResources
+    from halo_ray.distributed.warm import WarmLearners, learner_runtime_env
     from halo_ray.splits import open_split
 
     cfg = build_config(_experiment(folder, data_root, round_steps))
@@ -140,7 +149,8 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
         t1 = time.perf_counter()
         train = open_split(cfg, "train")
         shapes = [tuple(train.image_size(i)) for i in range(len(train))]
-        learner = ray.remote(LearnerActor).options(num_cpus=0.9).remote(cfg)
+        actor = ray.remote(LearnerActor).options(num_cpus=0.9, runtime_env=learner_runtime_env())
+        learner = actor.remote(cfg)
         pool = ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes)
         first = {learner.call.remote("target_shapes"): "learner", pool.call.remote("summary"): "pool"}
         ready: dict[str, float] = {}
@@ -149,9 +159,19 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
             done, pending = ray.wait(pending, num_returns=1)
             ray.get(done)
             ready[first[done[0]]] = time.perf_counter() - t1
+        ray.kill(learner)
+        ray.kill(pool)
+        WarmLearners(cpus=0.9, gpus=0.0).ahead(1, for_trials=False)
+        time.sleep(20)  # its imports take ~5 s: idle well before the learner comes
+        t2 = time.perf_counter()
+        ray.get(actor.remote(cfg).call.remote("target_shapes"))
+        warm_s = time.perf_counter() - t2
     finally:
         ray.shutdown()
-    return {"empty_trial_s": t1 - t0, "learner_actor_s": ready["learner"], "pool_actor_s": ready["pool"], **imports}
+    return {
+        "empty_trial_s": t1 - t0, "learner_actor_s": ready["learner"], "pool_actor_s": ready["pool"],
+        "warm_learner_actor_s": warm_s, **imports,
+    }
 
 
 def _pin_to_core(node, core: int) -> None:
@@ -214,12 +234,16 @@ def main() -> None:
     print(f"in-process run_experiment {o['local_s']:7.2f} s")
     print(f"one-trial search          {o['search_s']:7.2f} s")
     print(f"overhead per trial        {o['overhead_s']:7.2f} s   (search / in-process = {o['ratio']:.2f}×)")
+    print(f"  its learner started cold {o['cold_overhead_s']:6.2f} s   (--no-warm-learners: "
+          f"{o['cold_search_s']:.2f} s search; warm / cold overhead = {o['overhead_s'] / o['cold_overhead_s']:.2f}×)")
     print("where it goes (one of each, same machine):")
     print(f"empty Tune trial          {parts['empty_trial_s']:7.2f} s   (with the trial's placement group)")
     print(f"overhead above it         {o['overhead_s'] - parts['empty_trial_s']:7.2f} s   (target <= 3 s)")
     print(f"  trial process imports run_trial's module      {parts['trainable_module_s']:5.2f} s (before its actors)")
     print(f"  then the run loop, while its actors start     {parts['run_loop_s']:5.2f} s")
     print(f"  learner actor: start, import, data, model     {parts['learner_actor_s']:5.2f} s (started with the pool)")
+    print(f"  the same in a process started ahead: data, model {parts['warm_learner_actor_s']:5.2f} s "
+          f"({parts['learner_actor_s'] / parts['warm_learner_actor_s']:.1f}× faster)")
     print(f"  label-pool actor: start, import, headers      {parts['pool_actor_s']:5.2f} s")
     print("  the rest: Tune's per-round checkpoints and experiment-state snapshots, trial teardown")
     pinned = "each on its own core" if args.pin else "sharing every core"

@@ -118,7 +118,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     resources = TrialResources.per_trial(args.cpus_per_trial, args.gpus_per_trial, args.scorers_per_trial)
     _check_trial_fits(resources, local=args.address is None)
-    results = run_search(space, args.storage, resume=args.resume, resources=resources)
+    results = run_search(
+        space, args.storage, resume=args.resume, resources=resources, warm_learners=args.warm_learners
+    )
     frame = read_results(results)
     final = frame[frame["round"] == frame["round"].max()]
     best = final.sort_values(space.metric, ascending=space.mode == "min").iloc[0]
@@ -297,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scorers-per-trial", type=int, default=0,
         help="scorer actors each trial's target scoring fans out over, each the size of the learner "
         "(default 0: the learner scores)",
+    )
+    search.add_argument(
+        "--no-warm-learners", dest="warm_learners", action="store_false",
+        help="start every learner process when its trial asks for it, not ahead with its imports done "
+        "(warm ones cost ~340 MB each while they wait)",
     )
     search.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",

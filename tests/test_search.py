@@ -392,7 +392,8 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
         variants=[{"superpixel_cache": "spx"}],
     )
     storage = tmp_path / "runs"
-    args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6"]
+    args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6",
+            "--no-warm-learners"]  # every learner process started cold: the same rows
     assert main(args) == 0
     frame, state = _final_state(storage, "tiny")
     assert list(frame["round"]) == [0, 1, 2] and list(frame["click_budget"]) == [0, 30, 60]
@@ -462,3 +463,154 @@ def test_source_models_are_pretrained_ahead_of_the_trials(ray_session, tmp_path,
     # a source model that one trial needs is trained in that trial, at no idle cost to others
     alone = load_search_space(_space(tmp_path, tiny_config_values, parameters={"seed": {"grid": [0, 1]}}))
     assert sources_to_pretrain(alone, SearchPaths(tmp_path / "alone")) == []
+
+
+def _quiet_idle_workers(timeout_s: float = 180.0) -> set[int]:
+    """Wait until this machine's idle Ray workers (titled ``ray::IDLE``: no actor or task yet)
+    have finished starting, their imports included: under 50 ms of CPU in a second (Ray's own
+    threads). Their pids."""
+
+    def cpu(pid: int) -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    deadline = time.time() + timeout_s
+    last: dict[int, int] = {}
+    while time.time() < deadline:
+        now: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::IDLE"):
+                    now[int(entry.name)] = cpu(int(entry.name))
+            except OSError:
+                continue
+        if now and now.keys() == last.keys() and all(now[pid] - last[pid] <= 5 for pid in now):
+            return set(now)
+        last = now
+        time.sleep(1.0)
+    raise AssertionError(f"Ray's idle workers were still starting after {timeout_s} s: {last}")
+
+
+def test_a_trials_learners_start_in_processes_started_ahead(ray_session, tmp_path, tiny_config_values):
+    """Learner processes asked for before a trial (one per learner and scorer) hold the
+    learner's imports when the trial asks: its actors start in them (the raylet matches the
+    runtime environment the driver computes for a trial's learners to the one they carry)."""
+    import dataclasses
+
+    from ray import tune
+
+    from halo_ray.distributed.actors import TrialResources
+    from halo_ray.distributed.warm import WarmLearners
+
+    def _trial_actors_report(config: dict) -> None:
+        """Tune trial: create and ready a trial's actors as ``run_trial`` does; report how many of
+        its learner processes had begun the learner's imports before the trial asked for them."""
+        from halo_ray.config import build_config
+        from halo_ray.distributed.actors import start_trial_actors
+
+        actors = start_trial_actors(build_config(config["values"]), TrialResources(**config["resources"])).ready()
+        tune.report({"warm": actors.learners_started_ahead, "processes": actors.learner_processes})
+
+    resources = TrialResources.per_trial(1.0, scorers=1)
+    assert WarmLearners(cpus=resources.learner_cpus, gpus=0.0).ahead(2) == 2
+    _quiet_idle_workers()  # their imports done: the trial's actors do not wait for them
+    tuner = tune.Tuner(
+        tune.with_resources(_trial_actors_report, resources.placement_group_factory()),
+        param_space={"values": tiny_config_values, "resources": dataclasses.asdict(resources)},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    [result] = tuner.fit()
+    assert result.error is None
+    assert result.metrics["processes"] == 2 and result.metrics["warm"] == 2
+
+
+def test_the_drivers_pretraining_tasks_carry_the_environment_prestarted_for_them(ray_session):
+    """The source pre-training runs as tasks of the search's driver (the job's environment):
+    such a task carries exactly the runtime environment string the driver prestarts processes
+    with (the raylet hands a waiting process only to an equal one), and its process ran the
+    hook. (Whether a waiting process is free depends on the raylet's cap of idle workers,
+    about one per CPU, which the session's earlier searches may fill.)"""
+    import ray
+
+    from halo_ray.distributed.warm import WarmLearners, learner_runtime_env, serialized_learner_env
+
+    def carried() -> tuple[str, float | None]:
+        from halo_ray.distributed import warm
+
+        return ray._private.worker.global_worker.core_worker.get_current_runtime_env(), warm.PREIMPORTED_AT
+
+    assert WarmLearners(cpus=1.0, gpus=0.0).ahead(1, for_trials=False) == 1
+    env, imported = ray.get(ray.remote(carried).options(runtime_env=learner_runtime_env()).remote())
+    assert env == serialized_learner_env(dict(ray.get_runtime_context().runtime_env))
+    assert imported is not None
+
+
+def test_warm_learners_are_spread_over_the_nodes_that_hold_them():
+    """Requests go to nodes in proportion to the learners each holds, never beyond; single
+    requests rotate; the concurrent trials bound the first wave."""
+    import dataclasses
+
+    from halo_ray.distributed.actors import TrialResources
+    from halo_ray.distributed.search import concurrent_trials
+    from halo_ray.distributed.space import load_search_space
+    from halo_ray.distributed.warm import WarmLearners, learner_slots
+
+    nodes = [
+        {"NodeID": "head", "Alive": True, "Resources": {"CPU": 0.0}},
+        {"NodeID": "a", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+        {"NodeID": "b", "Alive": True, "Resources": {"CPU": 2.0}},
+        {"NodeID": "dead", "Alive": False, "Resources": {"CPU": 8.0}},
+    ]
+    assert learner_slots(nodes, 0.9, 0.0) == {"a": 4, "b": 2}
+    assert learner_slots(nodes, 0.9, 1.0) == {"a": 1}
+    warm = WarmLearners(cpus=0.9, gpus=0.0)
+    slots = {"a": 4, "b": 2}
+    assert warm.spread(3, slots) == {"a": 2, "b": 1}
+    assert warm.spread(9, slots) == {"a": 4, "b": 2}
+    assert warm.spread(0, slots) == {} and warm.spread(2, {}) == {}
+    singles = [warm.spread(1, slots) for _ in range(2)]
+    assert sorted(next(iter(s)) for s in singles) == ["a", "b"]  # one each, in turn
+    space = load_search_space(ROOT / "search_spaces" / "quickstart.yaml")  # 4 trials, at most 2 at once
+    assert concurrent_trials(space, TrialResources(), {"CPU": 64.0}) == 2
+    space = dataclasses.replace(space, max_concurrent_trials=None)
+    assert concurrent_trials(space, TrialResources(), {"CPU": 2.5}) == 2
+    assert concurrent_trials(space, TrialResources(), {"CPU": 64.0}) == 4
+    assert concurrent_trials(space, TrialResources.per_trial(1.0, 1.0), {"CPU": 64.0, "GPU": 3.0}) == 3
+    assert concurrent_trials(space, TrialResources.per_trial(1.0, scorers=1), {"CPU": 4.0}) == 2  # 1.9 CPUs each
+
+
+def test_a_learners_runtime_environment_string_is_rays():
+    """Without a parent environment a learner's is serialized as given; under a parent's (a
+    Tune trial's) Ray merges ``env_vars`` and writes compact JSON with sorted keys."""
+    from halo_ray.distributed.warm import HOOK, learner_runtime_env, serialized_learner_env
+
+    [(variable, hook)] = learner_runtime_env()["env_vars"].items()
+    assert hook == HOOK
+    assert json.loads(serialized_learner_env(None)) == {"env_vars": {variable: HOOK}}
+    merged = serialized_learner_env({"env_vars": {"PL_DISABLE_FORK": "1"}, "config": {"setup_timeout_seconds": 9}})
+    assert merged == json.dumps(
+        {"config": {"setup_timeout_seconds": 9}, "env_vars": {"PL_DISABLE_FORK": "1", variable: HOOK}},
+        separators=(",", ":"), sort_keys=True,
+    )
+
+
+def test_warm_learners_that_no_raylet_starts_are_reported_once_and_learners_start_cold(ray_session, monkeypatch):
+    """When no node's raylet answers the prestart call, the search is told once and goes on cold."""
+    import socket
+
+    import ray
+
+    from halo_ray.distributed.warm import WarmLearners
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    node = {"NodeID": "ab" * 28, "Alive": True, "NodeManagerAddress": "127.0.0.1", "NodeManagerPort": port,
+            "Resources": {"CPU": 2.0}}
+    monkeypatch.setattr(ray, "nodes", lambda: [node])
+    said: list[str] = []
+    warm = WarmLearners(cpus=1.0, gpus=0.0, log=said.append)
+    assert warm.ahead(2) == 0 and warm.failed
+    assert warm.ahead(1) == 0
+    assert len(said) == 1
+    assert said[0].startswith("learner processes start cold: no raylet prestarted workers (node abababab")

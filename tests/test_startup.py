@@ -65,3 +65,30 @@ def test_every_backbone_name_is_a_registered_backbone():
     from halo_ray.names import BACKBONE_NAMES
 
     assert tuple(BACKBONES) == BACKBONE_NAMES
+
+
+def test_the_warm_learner_hook_imports_what_a_learner_needs_and_touches_no_gpu():
+    """A learner process started ahead runs ``preimport``: afterwards torch, geoopt, the learner
+    and ``torch._dynamo`` (imported by every optimizer step) are loaded, and no CUDA query ran
+    (the GPU Ray later assigns the actor is the one its first CUDA call sees)."""
+    code = """
+import json, sys, time
+import torch
+calls = []
+for name in ("is_available", "device_count", "init", "_lazy_init", "current_device", "get_device_properties"):
+    original = getattr(torch.cuda, name)
+    def spy(*args, _original=original, _name=name, **kwargs):
+        calls.append(_name)
+        return _original(*args, **kwargs)
+    setattr(torch.cuda, name, spy)
+from halo_ray.distributed import warm
+before = time.time()
+warm.preimport()
+print(json.dumps(dict(
+    modules=[m for m in ("torch._dynamo", "geoopt", "halo_ray.learner") if m in sys.modules], cuda=calls,
+    initialized=torch.cuda.is_initialized(), stamped=before <= warm.PREIMPORTED_AT,
+    started=warm.process_started_at() <= before)))
+"""
+    seen = _fresh(code)
+    assert seen == {"modules": ["torch._dynamo", "geoopt", "halo_ray.learner"], "cuda": [], "initialized": False,
+                    "stamped": True, "started": True}

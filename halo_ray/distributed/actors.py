@@ -12,6 +12,7 @@ so the actors import torch and load their data while the driver imports the run 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from halo_ray.config import ExperimentConfig
+from halo_ray.distributed.warm import learner_runtime_env
 from halo_ray.splits import ensure_superpixels, open_pool, open_split
 
 if TYPE_CHECKING:
@@ -115,9 +117,17 @@ class LearnerActor(Hosted):
 
     def __init__(self, cfg: ExperimentConfig):
         # torch, geoopt and the model code are imported here, in the actor's process only
+        # (or before, by the process's set-up hook: halo_ray.distributed.warm)
         from halo_ray.learner import Learner
 
         self.target = Learner(cfg)
+
+    def process_started_at(self) -> float | None:
+        """``time.time()`` when this actor's process started (None off Linux): before the
+        actor was asked for when the process was started ahead (halo_ray.distributed.warm)."""
+        from halo_ray.distributed.warm import process_started_at
+
+        return process_started_at()
 
 
 class PoolActor(Hosted):
@@ -256,17 +266,29 @@ class TrialActors:
     scorer: FanOutScorer | None  # None: the learner scores
     shapes: list[tuple[int, int]]  # native (H, W) of the target-train images, from their file headers
     _handles: list[Any]  # learner, pool, scorers: for the first call
+    asked_at: float = 0.0  # time.time() when the learners were asked for
+    learners_started_ahead: int = 0  # learner and scorer processes started before the ask (known after ready())
+
+    @property
+    def learner_processes(self) -> int:
+        """The learner and its scorers."""
+        return len(self._handles) - 1
 
     def ready(self, timeout_s: float = FIRST_CALL_TIMEOUT_S) -> TrialActors:
         """Wait until every actor has built its object; the learner must see the pool's image shapes.
 
         Raises the actor's own error (a missing file, a bad weights file) when its construction failed.
         """
-        learner_shapes, *_ = ray.get(
+        workers = [self._handles[0], *self._handles[2:]]
+        answers = ray.get(
             [self._handles[0].call.remote("target_shapes"), self._handles[1].call.remote("summary"),
-             *(h.call.remote("target_shapes") for h in self._handles[2:])],
+             *(h.call.remote("target_shapes") for h in self._handles[2:]),
+             *(h.process_started_at.remote() for h in workers)],
             timeout=timeout_s,
         )
+        learner_shapes = answers[0]
+        started = answers[len(self._handles):]
+        self.learners_started_ahead = sum(1 for t in started if t is not None and t < self.asked_at)
         if [tuple(s) for s in learner_shapes] != self.shapes:
             raise RuntimeError(
                 f"the learner sees other target shapes than the files' headers: {learner_shapes[:3]} vs {self.shapes[:3]}"
@@ -278,7 +300,8 @@ def _learner_actor(cfg: ExperimentConfig, resources: TrialResources, bundle: int
     return (
         ray.remote(LearnerActor)
         .options(
-            num_cpus=resources.learner_cpus, num_gpus=resources.learner_gpus, scheduling_strategy=_pinned(bundle)
+            num_cpus=resources.learner_cpus, num_gpus=resources.learner_gpus, scheduling_strategy=_pinned(bundle),
+            runtime_env=learner_runtime_env(),  # a warm process when one waits (halo_ray.distributed.warm)
         )
         .remote(cfg)
     )
@@ -296,6 +319,7 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
     device = "cuda" if resources.learner_gpus else cfg.device
     learner_cfg = cfg.replace(device=device) if device != cfg.device else cfg
     # the learners first: they import the most, and read no superpixel before ready() returns
+    asked_at = time.time()
     learner = _learner_actor(learner_cfg, resources, 1)
     scorers = [_learner_actor(learner_cfg, resources, 2 + k) for k in range(resources.scorers)]
     target_train = open_split(cfg, "train")
@@ -305,7 +329,7 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
     pool = ray.remote(PoolActor).options(num_cpus=0, scheduling_strategy=_pinned(0)).remote(cfg, shapes)
     return TrialActors(
         learner=ActorProxy(learner), pool=ActorProxy(pool), scorer=FanOutScorer(learner, scorers) if scorers else None,
-        shapes=shapes, _handles=[learner, pool, *scorers],
+        shapes=shapes, _handles=[learner, pool, *scorers], asked_at=asked_at,
     )
 
 
