@@ -52,14 +52,13 @@ def preimport() -> None:
     PREIMPORTED_AT = time.time()
 
 
-def process_started_at(pid: int | None = None) -> float | None:
-    """``time.time()`` when process ``pid`` (default: this one) started, to Linux's 10 ms
-    ticks (its age from ``/proc``); None elsewhere. A process started ahead started before
-    its actor was asked for."""
+def process_started_at() -> float | None:
+    """``time.time()`` when this process started, to Linux's 10 ms ticks (its age from
+    ``/proc``); None elsewhere. A process started ahead started before its actor was asked for."""
     import os
 
     try:
-        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+        stat = Path("/proc/self/stat").read_text()
         since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     except (OSError, AttributeError):  # not Linux
         return None
@@ -118,11 +117,12 @@ def serialized_learner_env(parent: Mapping[str, Any] | None) -> str:
 
 
 def prestart_learners(
-    counts: Mapping[str, int], *, parent: Mapping[str, Any] | None = None, keep_alive_s: int = KEEP_ALIVE_S
+    counts: Mapping[str, int], *, parent: Mapping[str, Any] | None = None, keep_alive_s: int = KEEP_ALIVE_S,
+    nodes: Sequence[Mapping[str, Any]] | None = None,
 ) -> int:
     """Ask the raylets of the given nodes (node id → how many) to start that many learner
     processes now; returns how many were asked for (the raylet starts them as fast as its
-    start-up concurrency allows).
+    start-up concurrency allows). ``nodes``: ``ray.nodes()``, when the caller has it already.
 
     ``parent`` is the runtime environment of the processes that will create the learners (a
     trial's: :func:`trial_runtime_env`). Raises :class:`WarmStartError` when this Ray cannot do it.
@@ -142,10 +142,10 @@ def prestart_learners(
     info = get_runtime_env_info(RuntimeEnv(**learner_runtime_env()), is_job_runtime_env=False, serialize=False)
     info.serialized_runtime_env = serialized_learner_env(parent)
     job = ray.get_runtime_context().get_job_id()
-    nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+    alive = {n["NodeID"]: n for n in (ray.nodes() if nodes is None else nodes) if n.get("Alive")}
     asked, failures = 0, []
     for node_id, count in wanted.items():
-        node = nodes.get(node_id)
+        node = alive.get(node_id)
         if node is None:
             continue  # gone since the caller looked: nothing to warm there
         request = node_manager_pb2.PrestartWorkersRequest(
@@ -194,7 +194,6 @@ class WarmLearners:
 
     def __init__(self, *, cpus: float, gpus: float, log=print, keep_alive_s: int = KEEP_ALIVE_S):
         self.cpus, self.gpus, self.log, self.keep_alive_s = cpus, gpus, log, keep_alive_s
-        self.asked = 0  # learner processes asked for so far
         self.failed = False
         self._turn = 0  # rotates remainders over the nodes
 
@@ -227,16 +226,15 @@ class WarmLearners:
 
         try:
             parent = trial_runtime_env() if for_trials else dict(ray.get_runtime_context().runtime_env)
-            asked = prestart_learners(
-                self.spread(count, learner_slots(ray.nodes(), self.cpus, self.gpus)),
-                parent=parent, keep_alive_s=self.keep_alive_s,
+            nodes = ray.nodes()
+            return prestart_learners(
+                self.spread(count, learner_slots(nodes, self.cpus, self.gpus)),
+                parent=parent, keep_alive_s=self.keep_alive_s, nodes=nodes,
             )
         except WarmStartError as err:
             self.failed = True
             self.log(f"learner processes start cold: {err}")
             return 0
-        self.asked += asked
-        return asked
 
 
 __all__ = [
