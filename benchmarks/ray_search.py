@@ -6,7 +6,9 @@ trials/hour scale with cluster CPUs):
 1. **Ray overhead per trial.** The same tiny active-learning run, once in-process with
    ``run_experiment`` and once as a one-trial ``halo-ray search`` on a local Ray (Tune
    trial, placement group, learner + pool actors, per-round checkpoints through Tune).
-   Overhead = search wall − in-process wall; both include source pre-training.
+   Overhead = search wall − in-process wall; both include source pre-training. And the
+   steady state: each later trial of a search that runs trials one at a time, its learner's
+   process started while the trial before it ran, against a later empty Tune trial.
 2. **Trials per hour, 1 vs 2 nodes.** A grid of ``--trials`` trials on a simulated cluster
    (``ray.cluster_utils.Cluster``: a head without CPUs plus 1 or 2 one-CPU worker nodes on
    this machine). Each node's workers are confined to their own physical core, as a real
@@ -46,12 +48,12 @@ def _experiment(folder: Path, data_root: Path, round_steps: int) -> dict:
     )
 
 
-def _space(folder: Path, name: str, experiment: dict, seeds: list[int]) -> Path:
+def _space(folder: Path, name: str, experiment: dict, seeds: list[int], one_at_a_time: bool = False) -> Path:
     (folder / "experiment.yaml").write_text(yaml.safe_dump(experiment))
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "experiment": "experiment.yaml", "searcher": "grid", "max_failures": 0,
-        "parameters": {"seed": {"grid": seeds}},
+        "parameters": {"seed": {"grid": seeds}}, **({"max_concurrent_trials": 1} if one_at_a_time else {}),
     }))
     return path
 
@@ -68,7 +70,9 @@ def _search(space_file: Path, storage: Path, warm_learners: bool = True) -> floa
 
 def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> dict[str, float]:
     """In-process run vs the same run as a one-trial search, with its learner process started
-    ahead (the default) and started when the trial asks for it (median over ``repeats``)."""
+    ahead (the default) and started when the trial asks for it; and the cost of each later
+    trial of a search that runs its trials one at a time, its learner process started while the
+    previous trial ran: (3-trial search − one-trial search) / 2 (median over ``repeats``)."""
     import statistics
 
     import ray
@@ -77,7 +81,7 @@ def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> d
     from halo_ray.run import run_experiment
 
     values = _experiment(folder, data_root, round_steps)
-    local, searched, cold = [], [], []
+    local, searched, cold, three = [], [], [], []
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **NODE)
     ray_init_s = time.perf_counter() - t0
@@ -94,12 +98,16 @@ def overhead(folder: Path, data_root: Path, round_steps: int, repeats: int) -> d
             (folder / f"c{k}").mkdir()
             space = _space(folder / f"c{k}", "overhead_cold", values, seeds=[0])
             cold.append(_search(space, folder / f"cold{k}", warm_learners=False))
+            (folder / f"t{k}").mkdir()
+            space = _space(folder / f"t{k}", "later_trials", values, seeds=[0, 1, 2], one_at_a_time=True)
+            three.append(_search(space, folder / f"three{k}"))
     finally:
         ray.shutdown()
     loc, sea, col = statistics.median(local), statistics.median(searched), statistics.median(cold)
+    later = statistics.median((t - s) / 2 for t, s in zip(three, searched, strict=True))
     return {
         "ray_init_s": ray_init_s, "local_s": loc, "search_s": sea, "overhead_s": sea - loc, "ratio": sea / loc,
-        "cold_search_s": col, "cold_overhead_s": col - loc,
+        "cold_search_s": col, "cold_overhead_s": col - loc, "later_trial_s": later, "later_overhead_s": later - loc,
     }
 
 
@@ -146,6 +154,13 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
         t0 = time.perf_counter()
         trainable = tune.with_resources(_noop_trial, TrialResources().placement_group_factory())
         tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(folder / "noop"), verbose=0)).fit()
+        empty_s = time.perf_counter() - t0
+        tune.Tuner(  # three, one at a time: each later empty trial costs (3 trials − 1 trial) / 2
+            trainable, param_space={"k": tune.grid_search([0, 1, 2])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=1),
+            run_config=tune.RunConfig(storage_path=str(folder / "noop3"), verbose=0),
+        ).fit()
+        later_empty_s = (time.perf_counter() - t0 - 2 * empty_s) / 2
         t1 = time.perf_counter()
         train = open_split(cfg, "train")
         shapes = [tuple(train.image_size(i)) for i in range(len(train))]
@@ -169,7 +184,7 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
     finally:
         ray.shutdown()
     return {
-        "empty_trial_s": t1 - t0, "learner_actor_s": ready["learner"], "pool_actor_s": ready["pool"],
+        "empty_trial_s": empty_s, "later_empty_trial_s": later_empty_s, "learner_actor_s": ready["learner"], "pool_actor_s": ready["pool"],
         "warm_learner_actor_s": warm_s, **imports,
     }
 
@@ -246,6 +261,12 @@ def main() -> None:
           f"({parts['learner_actor_s'] / parts['warm_learner_actor_s']:.1f}× faster)")
     print(f"  label-pool actor: start, import, headers      {parts['pool_actor_s']:5.2f} s")
     print("  the rest: Tune's per-round checkpoints and experiment-state snapshots, trial teardown")
+    print("later trials of a search run one at a time ((3 trials - 1 trial) / 2; each learner started "
+          "while the trial before ran):")
+    print(f"later trial               {o['later_trial_s']:7.2f} s   (in-process run {o['local_s']:.2f} s)")
+    print(f"overhead per later trial  {o['later_overhead_s']:7.2f} s")
+    print(f"empty Tune trial, later   {parts['later_empty_trial_s']:7.2f} s")
+    print(f"overhead above it         {o['later_overhead_s'] - parts['later_empty_trial_s']:7.2f} s   (target <= 3 s)")
     pinned = "each on its own core" if args.pin else "sharing every core"
     print(f"\n== Trials per hour, {args.trials}-trial grid, head without CPUs + one-CPU workers ({pinned}) ==")
     for r in (one, two):

@@ -34,7 +34,7 @@ from halo_ray.multiclass import (
     region_means,
     region_terms,
 )
-from halo_ray.sampling import ClassBalancedSampler
+from halo_ray.sampling import ClassBalancedSampler, image_seed
 from halo_ray.splits import (
     LogFn,
     ensure_data,
@@ -125,11 +125,6 @@ def cached_class_presence(
         np.save(handle, presence)
     os.replace(tmp, path)
     return presence
-
-
-def image_seed(seed: int, round_index: int, image_index: int) -> int:
-    """Independent stream per (seed, round, image): a repeated round draws the same scores."""
-    return (seed * 1_000_003 + round_index * 10_007 + image_index) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CLASS_BALANCE_SUB_EPOCH", "ClassBalancedSampler", "class_weights"]
+__all__ = ["CLASS_BALANCE_SUB_EPOCH", "ClassBalancedSampler", "class_weights", "image_seed"]
+
+
+def image_seed(seed: int, round_index: int, image_index: int) -> int:
+    """Independent stream per (seed, round, image): a repeated round draws the same scores."""
+    return (seed * 1_000_003 + round_index * 10_007 + image_index) % (2**63 - 1)
 
 
 #: RIPU builds its class-balanced source list in sub-epochs of this many draws; the class

@@ -52,11 +52,28 @@ cfg = build_config({{**json.loads({json.dumps(tiny_config_values)!r}), "unit": "
 host = PoolActor(cfg, [(64, 128)] * 8)
 host.call("reveal_many", 1, [0], [np.array([[10, 20]], np.int32)], region_size=3, unit="{unit}")
 done = host.call("summary")
-print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_pixels"] + done["void_pixels"]))))
+print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_pixels"] + done["void_pixels"]),
+                      heavy=[m for m in ("ray.tune", "pandas", "pyarrow", "halo_ray.distributed.space")
+                             if m in sys.modules])))
 """
     seen = _fresh(code)
     assert seen["torch"] is False
+    assert seen["heavy"] == []  # Ray Tune and pandas cost a fresh pool process ~1.5 s of CPU
     assert seen["labelled"] == (9 if unit == "region" else 1)
+
+
+def test_a_trials_run_loop_imports_no_model_code():
+    """What ``run_trial`` imports while its actors start: the run loop drives the learner actor,
+    so geoopt (with scipy.optimize), the models and the learner stay out of the trial's process
+    (~0.8 s of CPU on its start-up path)."""
+    code = """
+import json, sys
+import halo_ray.distributed.search
+from halo_ray.run import ActiveLearningRun, load_checkpoint
+print(json.dumps(dict(loaded=[m for m in ("geoopt", "scipy.optimize", "halo_ray.learner", "halo_ray.models", "halo_ray.hyperbolic")
+                  if m in sys.modules])))
+"""
+    assert _fresh(code) == {"loaded": []}
 
 
 def test_every_backbone_name_is_a_registered_backbone():
@@ -85,10 +102,12 @@ from halo_ray.distributed import warm
 before = time.time()
 warm.preimport()
 print(json.dumps(dict(
-    modules=[m for m in ("torch._dynamo", "geoopt", "halo_ray.learner") if m in sys.modules], cuda=calls,
+    modules=[m for m in ("torch._dynamo", "geoopt", "halo_ray.learner", "halo_ray.distributed.actors")
+             if m in sys.modules], cuda=calls,
     initialized=torch.cuda.is_initialized(), stamped=before <= warm.PREIMPORTED_AT,
     started=warm.process_started_at() <= before)))
 """
     seen = _fresh(code)
-    assert seen == {"modules": ["torch._dynamo", "geoopt", "halo_ray.learner"], "cuda": [], "initialized": False,
+    assert seen == {"modules": ["torch._dynamo", "geoopt", "halo_ray.learner", "halo_ray.distributed.actors"],
+                    "cuda": [], "initialized": False,
                     "stamped": True, "started": True}

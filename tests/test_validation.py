@@ -145,7 +145,9 @@ def test_source_select_best_adapts_from_the_best_source_validation(tiny_config_v
     round 0 is the best of those models (its row's mIoU is that validation's), the shared
     last-model cache is untouched, and a second run reuses both caches without training."""
     logs: list[str] = []
-    values = {**tiny_config_values, "rounds": 1, "loop": "adapt", "source_steps": 40, "eval_every": 10,
+    # seed 1 peaks at step 30, 1.6-1.8 points above step 40 on 1 or 2 threads (float sums that
+    # differ in their last bits); seed 3's margin was 0.07-0.27, too close for other CPUs
+    values = {**tiny_config_values, "seed": 1, "rounds": 1, "loop": "adapt", "source_steps": 40, "eval_every": 10,
               "source_select": "best", "lr": 0.05}
     frame = run_experiment(build_config(values), tmp_path / "best", log=logs.append, tensorboard=False)
     seen = {int(line.split()[2].rstrip(":")): float(line.split()[-1]) for line in logs

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import math
 
-import geoopt.manifolds.stereographic.math as pmath
 import torch
 
 __all__ = ["reference_entropy", "reference_radius"]
@@ -113,6 +112,8 @@ def reference_entropy(probs: torch.Tensor, *, normalise: bool = True) -> torch.T
 
 def _dense_radius(embeddings: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The reference's call as written: geoopt ``dist0`` over dim 1 of ``[1, D, H, W]``."""
+    import geoopt.manifolds.stereographic.math as pmath  # not at import: a trial's process never scores
+
     return pmath.dist0(embeddings.unsqueeze(0), k=k, dim=1).squeeze(0)
 
 
@@ -129,6 +130,8 @@ def _emulated_radius(embeddings: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         torch.mul(embeddings[d], embeddings[d], out=square)
         acc.add_(square)
     norm = acc.to(torch.float64).sqrt_().to(embeddings.dtype)
+    import geoopt.manifolds.stereographic.math as pmath
+
     return 2.0 * pmath.artan_k(norm, k)
 
 

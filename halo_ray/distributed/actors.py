@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from halo_ray.config import ExperimentConfig
@@ -27,6 +26,7 @@ from halo_ray.splits import ensure_superpixels, open_pool, open_split
 
 if TYPE_CHECKING:
     import torch
+    from ray.tune import PlacementGroupFactory
 
 #: Seconds the first call to a fresh actor may take (it loads data and builds the model).
 FIRST_CALL_TIMEOUT_S = 600.0
@@ -93,8 +93,11 @@ class TrialResources:
                 home[k] -= v
         return None
 
-    def placement_group_factory(self) -> tune.PlacementGroupFactory:
-        return tune.PlacementGroupFactory(self.bundles())
+    def placement_group_factory(self) -> PlacementGroupFactory:
+        # imported here, not at the top: the label-pool actor's process needs no Tune
+        from ray.tune import PlacementGroupFactory
+
+        return PlacementGroupFactory(self.bundles())
 
 
 class Hosted:

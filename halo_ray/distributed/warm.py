@@ -47,6 +47,7 @@ def preimport() -> None:
     global PREIMPORTED_AT
     import torch._dynamo  # noqa: F401 - imported by torch.optim's first step otherwise
 
+    import halo_ray.distributed.actors  # noqa: F401 - the actor classes' module, unpickled with the actor
     import halo_ray.learner  # noqa: F401 - torch, geoopt, the models, the data
 
     PREIMPORTED_AT = time.time()

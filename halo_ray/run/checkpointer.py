@@ -7,14 +7,17 @@ import fcntl
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from halo_ray.config import RUNTIME_KEYS, ConfigError, ExperimentConfig
-from halo_ray.learner import Learner, LogFn
 from halo_ray.results import atomic_write_bytes
 from halo_ray.run.progress import ProgressLine, validation_chunks
+from halo_ray.splits import LogFn
+
+if TYPE_CHECKING:  # a search trial's process drives its learner actor and never imports the model code
+    from halo_ray.learner import Learner
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,6 @@ import torch
 from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.data.labels import CITYSCAPES_CLASSES
-from halo_ray.learner import Learner, image_seed
 from halo_ray.metrics import Evaluation
 from halo_ray.multiclass import (
     REGION_STRATEGIES,
@@ -43,6 +42,7 @@ from halo_ray.run.checkpointer import (
 from halo_ray.run.progress import ProgressLine, validation_chunks
 from halo_ray.run.recorder import Recorder
 from halo_ray.rundir import claim_run_directory
+from halo_ray.sampling import image_seed
 from halo_ray.splits import (
     LogFn,
     ensure_data,
@@ -50,6 +50,9 @@ from halo_ray.splits import (
     log_to_stderr,
     open_pool,
 )
+
+if TYPE_CHECKING:
+    from halo_ray.learner import Learner
 
 __all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
 
@@ -108,7 +111,11 @@ class ActiveLearningRun:
         ensure_data(cfg, log)
         if cfg.unit == "multiclass" and pool is None:  # a pool handed over was opened on a filled cache
             ensure_superpixels(cfg, log)
-        self.learner = learner if learner is not None else Learner(cfg, log=log)
+        if learner is None:  # in-process: a search's trial hands its learner actor over instead
+            from halo_ray.learner import Learner
+
+            learner = Learner(cfg, log=log)
+        self.learner = learner
         self.shapes = [(int(h), int(w)) for h, w in self.learner.target_shapes()]
         self.multiclass = cfg.unit == "multiclass"
         if not self.multiclass:
