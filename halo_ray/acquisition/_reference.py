@@ -124,14 +124,14 @@ def _emulated_radius(embeddings: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     separately) sequentially in float32 and takes the square root in double; geoopt then
     applies ``2 artan_k`` element-wise, which is called here unchanged.
     """
+    import geoopt.manifolds.stereographic.math as pmath  # not at import, as in _dense_radius
+
     acc = embeddings[0] * embeddings[0]
     square = torch.empty_like(acc)
     for d in range(1, embeddings.shape[0]):
         torch.mul(embeddings[d], embeddings[d], out=square)
         acc.add_(square)
     norm = acc.to(torch.float64).sqrt_().to(embeddings.dtype)
-    import geoopt.manifolds.stereographic.math as pmath
-
     return 2.0 * pmath.artan_k(norm, k)
 
 
