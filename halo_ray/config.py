@@ -732,9 +732,15 @@ def _read_experiment_values(path: Path, _chain: tuple[Path, ...]) -> dict[str, t
     if not base_path.is_file():
         raise ConfigError(f"{path}: {EXTENDS_KEY}: base experiment file {base_path} does not exist")
     shown = Path(os.path.normpath(path.parent / base))  # as the user wrote it, for messages
+    try:
+        read = _read_experiment_values(shown, chain)
+    except ConfigError as err:  # a broken base: say which file's extends: brought it in
+        if "(extends: of " in str(err):
+            raise
+        raise ConfigError(f"{err} (extends: of {path})") from None
     inherited = {
         key: (value, source if "(extends:" in source else f"{source} (extends: of {path})")
-        for key, (value, source) in _read_experiment_values(shown, chain).items()
+        for key, (value, source) in read.items()
     }
     return {**inherited, **own}
 

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from halo_ray.config import ConfigError, ExperimentConfig
-from halo_ray.data import SegmentationDataset, SynthiaClassesView, generate_benchmark, open_dataset
+from halo_ray.data import (
+    DatasetError,
+    SegmentationDataset,
+    SynthiaClassesView,
+    generate_benchmark,
+    open_dataset,
+)
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.data.superpixels import CachedSuperpixels, default_num_superpixels
 from halo_ray.pool import DatasetOracle, LabelPool
@@ -44,7 +50,13 @@ def ensure_data(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
     if cfg.generate_data and not root.exists() and cfg.source_root is None and cfg.target_root is None:
         log(f"generating the embedded benchmark into {root} (seed {cfg.data_seed}) …")
         t0 = time.perf_counter()
-        generate_benchmark(root, seed=cfg.data_seed)
+        try:
+            generate_benchmark(root, seed=cfg.data_seed)
+        except DatasetError as err:
+            raise ConfigError(
+                f"data_root={cfg.data_root}: {err}; choose a writable data_root (or generate_data: false "
+                "with the datasets in place)"
+            ) from None
         log(f"generated in {time.perf_counter() - t0:.1f}s")
 
 

@@ -62,6 +62,16 @@ def test_a_file_value_is_blamed_on_the_file_that_set_it_even_through_extends(tmp
     _refused(capsys, ["run", str(variant), "--out", str(tmp_path / "out")], f"{base} (extends: of {variant}): budget")
 
 
+def test_a_broken_base_file_is_blamed_with_the_file_whose_extends_brought_it_in(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text("- a list\n")
+    variant = tmp_path / "variant.yaml"
+    variant.write_text("extends: base.yaml\nseed: 1\n")
+    _refused(capsys, ["run", str(variant), "--out", str(tmp_path / "out")],
+             f"{base}: expected a mapping of config keys, but got list (extends: of {variant})")
+    assert not (tmp_path / "out").exists()
+
+
 def test_huge_values_are_cut_in_messages(tmp_path, capsys):
     line = _refused(capsys, ["run", SYNTHETIC, "--out", str(tmp_path / "o"), "--set", "strategy=" + "x" * 5000])
     assert "chars)" in line and len(line) < 600
@@ -92,7 +102,23 @@ def test_paths_under_a_regular_file_are_bad_input(tmp_path, capsys):
     _refused(capsys, ["search", str(ROOT / "search_spaces" / "quickstart.yaml"), "--storage", str(afile / "runs")],
              "--storage", "is a file, not a directory")
     _refused(capsys, ["data", "generate", "--out", str(afile / "data")], "is a file, not a directory")
+    _refused(capsys, ["run", SYNTHETIC, "--set", f"data_root={afile}/data", "--out", str(tmp_path / "o")],
+             "data_root", "is a file, not a directory")
     assert afile.read_text() == "x"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_a_data_root_that_cannot_be_written_is_bad_input(tmp_path, capsys):
+    """The benchmark generated on first use into a folder that cannot be made: exit 2 naming
+    data_root, and neither the run folder nor any benchmark file is left."""
+    assert main(["run", SYNTHETIC, "--set", "data_root=/proc/halo_ray_data", "--out", str(tmp_path / "o")]) == 2
+    *progress, error = capsys.readouterr().err.strip().splitlines()  # the line announcing the generation
+    assert progress == ["generating the embedded benchmark into /proc/halo_ray_data (seed 0) …"]
+    assert error.startswith("halo-ray: error: data_root=/proc/halo_ray_data: cannot write the embedded benchmark into")
+    assert list(tmp_path.iterdir()) == []
+    _refused(capsys, ["data", "generate", "--out", "/proc/halo_ray_data"],
+             "cannot write the embedded benchmark into /proc/halo_ray_data")
 
 
 def test_data_generate_refuses_a_negative_seed_and_an_existing_benchmark(tmp_path, capsys, tiny_benchmark):

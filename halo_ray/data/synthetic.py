@@ -41,7 +41,13 @@ from halo_ray.data.labels import (
     label_palette,
     to_train_ids,
 )
-from halo_ray.data.layouts import ACDC_CONDITIONS, acdc_files, cityscapes_files, gtav_files
+from halo_ray.data.layouts import (
+    ACDC_CONDITIONS,
+    DatasetError,
+    acdc_files,
+    cityscapes_files,
+    gtav_files,
+)
 
 __all__ = [
     "BenchmarkPaths",
@@ -1286,8 +1292,11 @@ def generate_benchmark(
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out_dir={out} exists and is not a folder")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as err:  # a folder the user chose that cannot hold it: bad input, nothing written
+        raise DatasetError(f"cannot write the embedded benchmark into {out}: {err.strerror or err}") from None
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the tree is meant to be shared
         t0 = time.perf_counter()
