@@ -46,8 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.experiment, args.set)
     resolve_device(cfg.device)  # no GPU behind device=cuda: bad input, before anything is written
     check_not_under_a_file(Path(cfg.source_cache), "source_cache")
-    if cfg.generate_data and cfg.source_root is None and cfg.target_root is None:  # as ensure_data
-        check_not_under_a_file(Path(cfg.data_root), "data_root")
     out = Path(args.out) if args.out else Path("runs") / cfg.experiment
     frame = run_experiment(cfg, out, resume=args.resume, tensorboard=not args.no_tensorboard)
     last = frame.iloc[-1]

@@ -27,6 +27,7 @@ from halo_ray.data import (
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.data.superpixels import CachedSuperpixels, default_num_superpixels
 from halo_ray.pool import DatasetOracle, LabelPool
+from halo_ray.rundir import check_not_under_a_file
 
 if TYPE_CHECKING:
     from halo_ray.region_answers import RegionAnswers
@@ -48,6 +49,7 @@ def ensure_data(cfg: ExperimentConfig, log: LogFn = log_to_stderr) -> None:
     """Write the embedded benchmark into ``data_root`` when asked to and it is missing."""
     root = Path(cfg.data_root)
     if cfg.generate_data and not root.exists() and cfg.source_root is None and cfg.target_root is None:
+        check_not_under_a_file(root, "data_root")  # bad input, before anything is written
         log(f"generating the embedded benchmark into {root} (seed {cfg.data_seed}) …")
         t0 = time.perf_counter()
         try:
