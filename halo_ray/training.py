@@ -40,6 +40,7 @@ from halo_ray.metrics import (
     upsample_chunks,
 )
 from halo_ray.models import build_segmenter, find_encoder, freeze_batchnorm, load_backbone_weights
+from halo_ray.optim import SGD, AdamW, Optimizer
 
 # ImageNet statistics: the papers' backbones are ImageNet-pretrained, and the same
 # normalisation is kept for the small backbone so weights stay interchangeable.
@@ -200,7 +201,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = self._new_optimizer()
 
-    def _new_optimizer(self) -> torch.optim.Optimizer:
+    def _new_optimizer(self) -> Optimizer:
         """SGD with momentum, or AdamW (``optimizer``); with ``head_lr_mult`` ≠ 1 the encoder and
         the rest are two groups (``lr_mult`` each). Weight decay applies to every parameter, as
         in both reference codes."""
@@ -214,8 +215,8 @@ class Trainer:
                 {"params": [p for p in params if id(p) not in inside], "lr_mult": self.cfg.head_lr_mult},
             ]
         if self.cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
+            return AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        return SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.weight_decay)
 
     def _autocast(self):
         """bfloat16 autocast on CUDA when ``amp`` is on; a no-op context otherwise."""

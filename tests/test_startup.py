@@ -86,8 +86,8 @@ def test_every_backbone_name_is_a_registered_backbone():
 
 def test_the_warm_learner_hook_imports_what_a_learner_needs_and_touches_no_gpu():
     """A learner process started ahead runs ``preimport``: afterwards torch, geoopt, the learner
-    and ``torch._dynamo`` (imported by every optimizer step) are loaded, and no CUDA query ran
-    (the GPU Ray later assigns the actor is the one its first CUDA call sees)."""
+    and the actor classes are loaded, ``torch._dynamo`` is not (no learner needs it), and no
+    CUDA query ran (the GPU Ray later assigns the actor is the one its first CUDA call sees)."""
     code = """
 import json, sys, time
 import torch
@@ -108,6 +108,33 @@ print(json.dumps(dict(
     started=warm.process_started_at() <= before)))
 """
     seen = _fresh(code)
-    assert seen == {"modules": ["torch._dynamo", "geoopt", "halo_ray.learner", "halo_ray.distributed.actors"],
+    assert seen == {"modules": ["geoopt", "halo_ray.learner", "halo_ray.distributed.actors"],
                     "cuda": [], "initialized": False,
                     "stamped": True, "started": True}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_learner_trains_and_checkpoints_without_torch_dynamo(optimizer):
+    """A learner process never imports ``torch._dynamo`` (~1.4 s of CPU; ``torch.optim`` imports
+    it at every optimizer's construction and step, halo_ray.optim does not): training steps,
+    scoring outputs, and a state dict through ``torch.save``/``torch.load``."""
+    code = f"""
+import io, json, sys, torch
+from halo_ray.config import build_config
+from halo_ray.imagesets import ImageSet
+from halo_ray.training import Trainer
+gen = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (4, 32, 48, 3), generator=gen, dtype=torch.uint8)
+labels = torch.randint(0, 19, (4, 32, 48), generator=gen).to(torch.uint8)
+cfg = build_config(dict(embed_dim=8, batch_size=2, num_threads=1, device="cpu", optimizer="{optimizer}"))
+trainer = Trainer(cfg, 19, torch.device("cpu"))
+loss = trainer.train(2, source=ImageSet.from_arrays(images, labels), generator=torch.Generator().manual_seed(0),
+                     start_step=0, total_steps=4)
+trainer.predict(ImageSet.from_arrays(images, labels).images([0]))
+buffer = io.BytesIO()
+torch.save(trainer.state_dict(), buffer)
+buffer.seek(0)
+trainer.load_state_dict(torch.load(buffer, weights_only=True))
+print(json.dumps(dict(dynamo="torch._dynamo" in sys.modules, finite=loss == loss)))
+"""
+    assert _fresh(code) == {"dynamo": False, "finite": True}

@@ -374,13 +374,14 @@ def test_adamw_first_step_moves_each_weight_by_its_group_rate():
     most its group's rate (encoder lr, the rest head_lr_mult × lr) beyond the decay, and
     weights with a clear gradient by almost exactly that much — unlike SGD's lr·g."""
     from halo_ray.models import find_encoder
+    from halo_ray.optim import AdamW
     from halo_ray.training import Trainer
 
     lr, wd = 1e-3, 0.01
     cfg = build_config(dict(backbone="mit_b0", optimizer="adamw", lr=lr, weight_decay=wd, head_lr_mult=10.0,
                             embed_dim=8, batch_size=2, num_threads=1, device="cpu", warmup_steps=0))
     trainer = Trainer(cfg, 19, torch.device("cpu"))
-    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert isinstance(trainer.optimizer, AdamW)
     assert [g["lr_mult"] for g in trainer.optimizer.param_groups] == [1.0, 10.0]
     _, encoder = find_encoder(trainer.model)
     inside = {id(p) for p in encoder.parameters()}

@@ -2,9 +2,9 @@
 
 A trial's learner is a fresh process (actors are never reused across trials: Tune turned
 ``reuse_actors`` off for its race conditions). Before it can load data it imports torch,
-geoopt (with ``scipy.optimize``), the model code, and ``torch._dynamo``, which every
-``torch.optim`` step imports: ~4–5 s of a trial's start-up on a 2-core machine, measured
-(docs/benchmarks.md, Ray). Here the search asks each node's raylet to start learner processes
+geoopt (with ``scipy.optimize``) and the model code: ~2.5 s of CPU, most of a trial's
+start-up on a 2-core machine, measured (docs/benchmarks.md, Ray). (Its optimizer,
+:mod:`halo_ray.optim`, does not import ``torch._dynamo`` as ``torch.optim`` would.) Here the search asks each node's raylet to start learner processes
 ahead of time (Ray's ``PrestartWorkers``); their worker set-up hook (:func:`preimport`) does
 those imports while they wait. A learner or source pre-training created with
 :func:`learner_runtime_env` then starts in one of them when one is idle, or in a fresh
@@ -45,8 +45,6 @@ def preimport() -> None:
     (``CUDA_VISIBLE_DEVICES``) is still the one its first CUDA call sees.
     """
     global PREIMPORTED_AT
-    import torch._dynamo  # noqa: F401 - imported by torch.optim's first step otherwise
-
     import halo_ray.distributed.actors  # noqa: F401 - the actor classes' module, unpickled with the actor
     import halo_ray.learner  # noqa: F401 - torch, geoopt, the models, the data
 
