@@ -129,12 +129,14 @@ print(json.dumps(dict(trainable_module_s=t1 - t0, run_loop_s=t2 - t1)))
 """
 
 
-def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, float]:
-    """Where the overhead goes: an empty Tune trial with a trial's placement group; the imports
+def components(folder: Path, data_root: Path, round_steps: int, repeats: int) -> dict[str, float]:
+    """Where the overhead goes: an empty Tune trial with a trial's placement group, alone and as
+    later trials (medians over ``repeats``, like the searches they are set against); the imports
     of a trial's process (a fresh interpreter, as a trial's is); the learner and label-pool
     actors started at once, as a trial starts them, each timed to its first answer; and a
     learner actor in a process started ahead (a warm one, idle by then)."""
     import json
+    import statistics
     import subprocess
     import sys
 
@@ -151,16 +153,20 @@ def components(folder: Path, data_root: Path, round_steps: int) -> dict[str, flo
     imports = json.loads(out.stdout.strip().splitlines()[-1])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **NODE)
     try:
-        t0 = time.perf_counter()
         trainable = tune.with_resources(_noop_trial, TrialResources().placement_group_factory())
-        tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(folder / "noop"), verbose=0)).fit()
-        empty_s = time.perf_counter() - t0
-        tune.Tuner(  # three, one at a time: each later empty trial costs (3 trials − 1 trial) / 2
-            trainable, param_space={"k": tune.grid_search([0, 1, 2])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=1),
-            run_config=tune.RunConfig(storage_path=str(folder / "noop3"), verbose=0),
-        ).fit()
-        later_empty_s = (time.perf_counter() - t0 - 2 * empty_s) / 2
+        empties, later_empties = [], []
+        for k in range(repeats):
+            t0 = time.perf_counter()
+            tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=str(folder / f"noop{k}"), verbose=0)).fit()
+            empties.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            tune.Tuner(  # three, one at a time: each later empty trial costs (3 trials − 1 trial) / 2
+                trainable, param_space={"k": tune.grid_search([0, 1, 2])},
+                tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                run_config=tune.RunConfig(storage_path=str(folder / f"noop3_{k}"), verbose=0),
+            ).fit()
+            later_empties.append((time.perf_counter() - t0 - empties[-1]) / 2)
+        empty_s, later_empty_s = statistics.median(empties), statistics.median(later_empties)
         t1 = time.perf_counter()
         train = open_split(cfg, "train")
         shapes = [tuple(train.image_size(i)) for i in range(len(train))]
@@ -227,7 +233,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=4, help="trials in the throughput grid (default 4)")
     parser.add_argument("--round-steps", type=int, default=10, help="training steps per round (default 10)")
-    parser.add_argument("--repeats", type=int, default=2, help="overhead measurements (median; default 2)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="measurements of each search and empty Tune trial (median; default 2)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let simulated nodes share every core (by default each runs on its own core)")
     args = parser.parse_args()
@@ -240,7 +247,7 @@ def main() -> None:
         generate_benchmark(data_root, seed=0, height=64, width=128, n_source=16, n_target_train=8,
                            n_target_val=6, n_adverse_train=2, n_adverse_val=2)
         o = overhead(folder, data_root, args.round_steps, args.repeats)
-        parts = components(folder, data_root, args.round_steps)
+        parts = components(folder, data_root, args.round_steps, args.repeats)
         one = throughput(folder, data_root, args.round_steps, args.trials, nodes=1, pin=args.pin)
         two = throughput(folder, data_root, args.round_steps, args.trials, nodes=2, pin=args.pin)
     print(f"cores on this machine: {os.cpu_count()}")
@@ -251,7 +258,7 @@ def main() -> None:
     print(f"overhead per trial        {o['overhead_s']:7.2f} s   (search / in-process = {o['ratio']:.2f}×)")
     print(f"  its learner started cold {o['cold_overhead_s']:6.2f} s   (--no-warm-learners: "
           f"{o['cold_search_s']:.2f} s search; warm / cold overhead = {o['overhead_s'] / o['cold_overhead_s']:.2f}×)")
-    print("where it goes (one of each, same machine):")
+    print(f"where it goes (empty trials: median of {args.repeats}; the parts: one of each, same machine):")
     print(f"empty Tune trial          {parts['empty_trial_s']:7.2f} s   (with the trial's placement group)")
     print(f"overhead above it         {o['overhead_s'] - parts['empty_trial_s']:7.2f} s   (target <= 3 s)")
     print(f"  trial process imports run_trial's module      {parts['trainable_module_s']:5.2f} s (before its actors)")
