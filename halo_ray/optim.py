@@ -52,9 +52,6 @@ class Optimizer:
     """What the trainer needs of an optimizer: ``param_groups`` (with ``lr`` and any extra
     keys such as ``lr_mult``), ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``."""
 
-    #: the group keys ``state_dict`` writes besides ``params`` (``torch.optim``'s, in its order)
-    HYPERPARAMETERS: tuple[str, ...] = ()
-
     def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
         self.state: dict[torch.Tensor, dict[str, Any]] = {}
@@ -175,8 +172,6 @@ class SGD(Optimizer):
     update: ``g += wd·p``; ``buf = m·buf + (1 - dampening)·g`` (``buf = g`` at the first step);
     ``p -= lr·buf``, or ``lr·(g + m·buf)`` with Nesterov)."""
 
-    HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "fused")
-
     def __init__(
         self,
         params: Iterable[Any],
@@ -263,11 +258,6 @@ class AdamW(Optimizer):
     """Adam with decoupled weight decay (``torch.optim.AdamW``'s update: ``p *= 1 - lr·wd``;
     first and second moments; ``p -= lr/(1-β₁ᵗ) · m / (√v/√(1-β₂ᵗ) + eps)``), the step count a
     float32 CPU scalar per parameter as ``torch.optim`` keeps it."""
-
-    HYPERPARAMETERS = (
-        "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "capturable", "differentiable",
-        "fused", "decoupled_weight_decay",
-    )
 
     def __init__(
         self,
