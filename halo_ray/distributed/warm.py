@@ -5,8 +5,9 @@ A trial's learner is a fresh process (actors are never reused across trials: Tun
 geoopt (with ``scipy.optimize``) and the model code: ~2.5 s of CPU, most of a trial's
 start-up on a 2-core machine, measured (docs/benchmarks.md, Ray); its optimizer
 (:mod:`halo_ray.optim`) does not import ``torch._dynamo`` as ``torch.optim`` would. Here the
-search asks each node's raylet to start learner processes ahead of time (Ray's ``PrestartWorkers``); their worker set-up hook (:func:`preimport`) does
-those imports while they wait. A learner or source pre-training created with
+search asks each node's raylet to start learner processes ahead of time (Ray's
+``PrestartWorkers``); their worker set-up hook (:func:`preimport`) does those imports while
+they wait. A learner or source pre-training created with
 :func:`learner_runtime_env` then starts in one of them when one is idle, or in a fresh
 process that runs the same hook first. Each process still serves one actor: nothing is
 shared between trials.
