@@ -22,18 +22,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-
-#: devices whose parameters ``torch.optim`` updates with multi-tensor kernels by default
-_FOREACH_DEVICES = ("cuda", "xpu", "mtia", "privateuseone")
-
-#: group keys a state dict may set only to these values (features this module lacks)
-_UNSUPPORTED = {"maximize": False, "amsgrad": False, "differentiable": False, "capturable": False}
+from torch.utils._foreach_utils import (
+    _get_foreach_kernels_supported_devices,  # torch.optim's own list
+)
 
 
 def _foreach_default(params: list[torch.Tensor]) -> bool:
     """``torch.optim``'s default: multi-tensor kernels when every parameter is a plain tensor
     on a device that has them."""
-    return bool(params) and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in _FOREACH_DEVICES for p in params)
+    devices = _get_foreach_kernels_supported_devices()
+    return bool(params) and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type in devices for p in params)
 
 
 def _by_device_and_dtype(*lists: list[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:
@@ -51,6 +49,11 @@ def _by_device_and_dtype(*lists: list[torch.Tensor]) -> list[tuple[list[torch.Te
 class Optimizer:
     """What the trainer needs of an optimizer: ``param_groups`` (with ``lr`` and any extra
     keys such as ``lr_mult``), ``zero_grad``, ``step``, ``state_dict``/``load_state_dict``."""
+
+    #: group settings a loaded state must have (as truth values): the features this module lacks are off
+    REQUIRED: dict[str, bool] = {
+        "maximize": False, "amsgrad": False, "differentiable": False, "capturable": False, "fused": False,
+    }
 
     def __init__(self, params: Iterable[Any], defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
@@ -132,11 +135,9 @@ class Optimizer:
                     f"{name}.load_state_dict: group {i} has {len(theirs['params'])} parameters in the state, "
                     f"{len(mine['params'])} in the optimizer"
                 )
-            for key, value in _UNSUPPORTED.items():
+            for key, value in self.REQUIRED.items():
                 if bool(theirs.get(key, value)) != value:
                     raise ValueError(f"{name}.load_state_dict: group {i} sets {key}={theirs[key]!r}, which halo_ray does not support")
-            if theirs.get("fused"):
-                raise ValueError(f"{name}.load_state_dict: group {i} sets fused=True, which halo_ray does not support")
         by_index = {
             index: p
             for group, theirs in zip(self.param_groups, saved, strict=True)
@@ -280,9 +281,10 @@ class AdamW(Optimizer):
         )
         super().__init__(params, defaults)
 
+    #: and no Adam state (L2 decay through the gradient) loaded into AdamW
+    REQUIRED = {**Optimizer.REQUIRED, "decoupled_weight_decay": True}
+
     def _update(self, group: dict[str, Any], params: list[torch.Tensor], foreach: bool) -> None:
-        if not group.get("decoupled_weight_decay", True):
-            raise ValueError("AdamW: decoupled_weight_decay=False (Adam's L2 decay) is not supported")
         for p in params:
             if not self.state.get(p):
                 self.state[p] = {
