@@ -160,6 +160,7 @@ class Learner:
         #: unit multiclass: the target-train superpixels (filled ahead by the run) and region counts
         self._superpixels = superpixel_source(cfg) if cfg.unit == "multiclass" else None
         self._region_counts: list[int] | None = None
+        self._source_state: dict | None = None  # the source pre-trained state (load_source)
 
     # -- facts -----------------------------------------------------------------------
     def target_shapes(self) -> list[tuple[int, int]]:
@@ -196,6 +197,43 @@ class Learner:
         self.generator.set_state(state["generator"])
         if self.source_sampler is not None:
             self.source_sampler.load_state_dict(state["source_sampler"])
+
+    def checkpoint(self, state: dict) -> bytes:
+        """A run checkpoint file's bytes: the run's ``state`` (its own values and the label
+        pool's arrays) with this learner's state (``learner``) and this process's torch RNG
+        (``torch_rng``). Made here, where the tensors are, so that a search trial's process
+        handles the checkpoint as bytes and never imports torch."""
+        from halo_ray.run.checkpointer import checkpoint_bytes
+
+        return checkpoint_bytes({**state, "learner": self.state_dict(), "torch_rng": torch.get_rng_state()})
+
+    def restore(self, data: bytes, origin: str) -> dict:
+        """Continue from a run checkpoint file's bytes (:meth:`checkpoint`): refuse it when it
+        holds another config (``origin`` names it in the error), load its learner state and
+        torch RNG, and return the rest of it with numpy arrays for tensors."""
+        from halo_ray.run.checkpointer import as_arrays, check_same_config, read_checkpoint_bytes
+
+        state = read_checkpoint_bytes(data)
+        check_same_config(self.cfg, state["config"], origin)
+        self.load_state_dict(state.pop("learner"))
+        torch.set_rng_state(state.pop("torch_rng"))
+        return as_arrays(state)
+
+    def model_file(self, state: dict) -> bytes:
+        """A best-model file's bytes: ``state`` (the record) with the model's weights (``model``)."""
+        from halo_ray.run.checkpointer import checkpoint_bytes
+
+        return checkpoint_bytes({**state, "model": self.model_state()})
+
+    def load_source(self) -> None:
+        """Load the source pre-trained state of this config: from the shared cache, or trained
+        and cached first (:func:`halo_ray.run.checkpointer.source_checkpoint`, which needs
+        this learner fresh); kept here for the rounds that start from it again."""
+        if self._source_state is None:
+            from halo_ray.run.checkpointer import source_checkpoint
+
+            self._source_state = source_checkpoint(self.cfg, self, self.log)
+        self.load_state_dict(self._source_state)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """A copy of the model's weights alone (CPU tensors, unaffected by further training):
@@ -279,26 +317,26 @@ class Learner:
         *,
         suppression: int,
         keep: Sequence[int] = (),
-    ) -> tuple[list[np.ndarray], dict[int, torch.Tensor]]:
+    ) -> tuple[list[np.ndarray], dict[int, np.ndarray]]:
         """Score and select a chunk of images where the maps are (on the model's device):
         image ``indices[k]`` gets ``picks[k]`` greedy centres outside the ``suppression``
         windows of its earlier centres ``prior[k]`` (:meth:`LabelPool.centres_of`) and of each
         other. Returns the centres (int32 ``[n, 2]`` per image, what the pool records) and the
-        CPU score maps of the images in ``keep`` (pictures of a round): O(picks) leave here,
+        float32 score maps (numpy) of the images in ``keep`` (pictures of a round): O(picks) leave here,
         not O(pixels)."""
         if not len(picks) == len(prior) == len(indices):
             raise ValueError(f"select needs picks and prior per index: {len(indices)}, {len(picks)}, {len(prior)}")
         shapes = self.target_shapes()
         keep = set(int(i) for i in keep)
         centres: list[np.ndarray] = []
-        kept: dict[int, torch.Tensor] = {}
+        kept: dict[int, np.ndarray] = {}
         for (i, score), n, before in zip(self._score_maps(round_index, indices), picks, prior, strict=True):
             earlier = torch.as_tensor(np.asarray(before, np.int64).reshape(-1, 2), device=score.device)
             active = square_mask(earlier, shapes[i], suppression)  # = the pool's suppressed(i, suppression)
             picked = select_centres(score, picks=int(n), suppression=suppression, active=active)
             centres.append(picked.cpu().numpy().astype(np.int32))
             if i in keep:
-                kept[i] = score.cpu()
+                kept[i] = score.cpu().numpy()  # numpy: the run loop's process has no torch
         return centres, kept
 
     def _score_maps(self, round_index: int, indices: Sequence[int]):
@@ -379,15 +417,16 @@ class Learner:
             spx = torch.from_numpy(self._superpixels(i))
             yield i, pseudo_labels(feats, z, torch.from_numpy(table[:, : z.shape[0]]), spx, torch.from_numpy(selected)).cpu()
 
-    def stage_two(self, source_state: dict | None, steps: int) -> dict[str, float | None]:
+    def stage_two(self, steps: int) -> dict[str, float | None]:
         """Unit multiclass, after a round: the stage-2 pseudo labels of the current model, and
-        with ``source_state`` and ``steps`` > 0 the stage-2 model trained on them.
+        with ``steps`` > 0 the stage-2 model trained on them from the source state.
 
         The pseudo labels of every image with answers are made once and measured against ground
         truth (never trained on): ``pseudo_coverage`` (share of all target-train pixels with
         one) and ``pseudo_precision`` (share of those, ground-truth void left out, that are
         right; with ``undefined_output`` a pixel labelled "undefined" counts as given, and as wrong
-        where ground truth has a class). The stage-2 model starts anew from ``source_state`` and trains ``steps`` steps
+        where ground truth has a class). The stage-2 model starts anew from the source state
+        (:meth:`load_source`) and trains ``steps`` steps
         on them (plain cross-entropy); ``miou_stage2`` is its target-val mIoU. The learner comes
         back exactly as it was (model, optimizer, sampling RNG, answers): as released, stage-2
         models never acquire. Values are None where there is nothing to measure.
@@ -407,7 +446,7 @@ class Learner:
             right_px += int((judged & (labels == truth)).sum())
         out["pseudo_coverage"] = given_px / sum(h * w for h, w in shapes)
         out["pseudo_precision"] = right_px / judged_px if judged_px else None
-        if source_state is None or steps < 1 or not maps:
+        if steps < 1 or not maps:
             return out
         flat = [np.flatnonzero(maps[i].numpy().reshape(-1) != 255) if i in maps else np.zeros(0, np.int64)
                 for i in range(len(shapes))]
@@ -420,7 +459,7 @@ class Learner:
         answered = self._target_labels
         saved = copy.deepcopy(self.state_dict())
         try:
-            self.load_state_dict(source_state)
+            self.load_source()
             self.trainer.reset_optimizer()
             self._target_labels = pseudo
             self.train(steps, start_step=0, total_steps=steps, use_target=True)

@@ -1,14 +1,21 @@
-"""Segmentation metrics: confusion matrices, per-class IoU and mIoU, the radius–IoU correlation."""
+"""Segmentation metrics: confusion matrices, per-class IoU and mIoU, the radius–IoU correlation.
+
+torch is imported by the two functions that count on tensors only: a search trial's process
+receives :class:`Evaluation` records from its learner and never imports torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from halo_ray.data.labels import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MAX_UPSAMPLED_VALUES", "Evaluation", "average_ranks", "confusion_matrix", "iou_from_confusion",
@@ -20,6 +27,8 @@ __all__ = [
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``[C, C]`` counts (rows = ground truth), ignoring pixels labelled ``IGNORE_INDEX``."""
+    import torch
+
     keep = label != IGNORE_INDEX
     idx = label[keep].long() * num_classes + pred[keep].long()
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
@@ -27,6 +36,8 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int) 
 
 def iou_from_confusion(conf: torch.Tensor) -> np.ndarray:
     """Per-class IoU; NaN for a class absent from both prediction and ground truth."""
+    import torch
+
     conf = conf.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp

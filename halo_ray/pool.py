@@ -22,10 +22,12 @@ sparse, for all images in one call (:meth:`LabelPool.revealed_labels`).
 
 :meth:`LabelPool.reveal` is idempotent per (round, image), so a retried call (a restarted
 Ray actor, a resumed trial) never spends budget twice; :meth:`LabelPool.state_dict` holds only
-tensors and Python primitives, so a whole run checkpoint loads with
-``torch.load(..., weights_only=True)``.
+numpy arrays and Python primitives, which a run checkpoint stores as tensors
+(:func:`halo_ray.run.save_checkpoint`), so it loads with ``torch.load(..., weights_only=True)``.
 
-This module uses numpy only; torch is imported lazily by the two state-dict methods.
+This module uses numpy only, never torch: a pool actor's process does not pay torch's import
+(~1 s of CPU on a trial's start-up path). :meth:`LabelPool.load_state_dict` takes the arrays as
+numpy arrays or as the tensors a checkpoint holds.
 """
 
 from __future__ import annotations
@@ -692,26 +694,26 @@ class LabelPool:
     # ---- checkpointing ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The pool's state as tensors and Python primitives only (``weights_only``-loadable).
+        """The pool's state as numpy arrays and Python primitives only (a run checkpoint stores
+        the arrays as tensors: ``weights_only``-loadable).
 
         Per-image arrays are concatenated over images (counts per image kept), so the number
-        of tensors does not grow with the dataset. The oracle is not part of the state.
+        of arrays does not grow with the dataset. The oracle is not part of the state.
         """
-        import torch
 
-        def cat(arrays: list[np.ndarray], empty: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate(arrays) if arrays else empty)
+        def cat(arrays: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+            return np.concatenate(arrays) if arrays else empty
 
         return {
             "format": STATE_FORMAT,
             "shapes": [[h, w] for h, w in self._shapes],
             "ignore_index": self._ignore,
             "mask_bits": cat(self._mask, np.zeros(0, np.uint8)),
-            "pixel_counts": torch.tensor([len(a) for a in self._flat], dtype=torch.int64),
+            "pixel_counts": np.array([len(a) for a in self._flat], np.int64),
             "pixel_flat": cat(self._flat, np.zeros(0, np.int32)),
             "pixel_round": cat(self._pix_round, np.zeros(0, np.uint8)),
             "pixel_label": cat(self._pix_label, np.zeros(0, np.uint8)),
-            "pick_counts": torch.tensor([len(a) for a in self._centres], dtype=torch.int64),
+            "pick_counts": np.array([len(a) for a in self._centres], np.int64),
             "pick_centres": cat(self._centres, np.zeros((0, 2), np.int32)),
             "pick_round": cat(self._pick_round, np.zeros(0, np.uint8)),
             "calls": [
@@ -729,7 +731,8 @@ class LabelPool:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly. The state must come from a pool with the same
+        """Restore a :meth:`state_dict` exactly (its arrays as numpy arrays or tensors). The
+        state must come from a pool with the same
         image shapes and ``ignore_index``; it is checked for consistency before anything is
         replaced, so a failed load leaves the pool unchanged."""
         if state.get("format") != STATE_FORMAT:

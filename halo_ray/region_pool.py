@@ -10,7 +10,7 @@ Same contract as the pixel pool: the oracle is asked at most once per (round, im
 is idempotent per (round, image) (a retry with the same regions returns the stored record, one
 with other regions is an error), rounds are non-decreasing per image, a region is never
 answered twice, and the state round-trips through :meth:`RegionPool.state_dict` bit for bit.
-Pure data code: numpy (and torch tensors in the state dict), no Ray.
+Pure data code: numpy, no torch, no Ray.
 """
 
 from __future__ import annotations
@@ -297,25 +297,24 @@ class RegionPool:
     # ---- checkpointing ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The pool as tensors and primitives (``weights_only``-loadable); the oracle is not in it."""
-        import torch
-
+        """The pool as numpy arrays and primitives (a run checkpoint stores the arrays as
+        tensors: ``weights_only``-loadable); the oracle is not in it."""
         return {
             "format": STATE_FORMAT,
             "num_images": self.num_images,
             "num_classes": self.num_classes,
             "trim": self.trim,
             "bill_void": self.bill_void,
-            "counts": torch.tensor([a.size for a in self._regions], dtype=torch.int64),
-            "regions": torch.from_numpy(np.concatenate(self._regions)),
-            "answers": torch.from_numpy(np.concatenate(self._answers)),
-            "rounds": torch.from_numpy(np.concatenate(self._round)),
-            "sizes": torch.from_numpy(np.concatenate(self._size)),
+            "counts": np.array([a.size for a in self._regions], np.int64),
+            "regions": np.concatenate(self._regions),
+            "answers": np.concatenate(self._answers),
+            "rounds": np.concatenate(self._round),
+            "sizes": np.concatenate(self._size),
             "calls": [[r["round"], r["index"]] for r in self.ledger()],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` exactly; checked before anything is replaced."""
+        """Restore a :meth:`state_dict` exactly (arrays or tensors); checked before anything is replaced."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"state['format'] must be {STATE_FORMAT!r}, got {state.get('format')!r}")
         for key in ("num_images", "num_classes", "trim", "bill_void"):

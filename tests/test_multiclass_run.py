@@ -181,7 +181,7 @@ def test_round_model_best_goes_on_with_each_rounds_best_validation(tiny_config_v
     for r in (1, 2):
         assert rows["miou"].iloc[r] >= max(seen[r]) - 0.005  # logged to 2 decimals
     fresh = ActiveLearningRun(cfg, tmp_path / "run", log=_quiet, tensorboard=False)
-    fresh.restore(load_checkpoint(tmp_path / "run" / "checkpoints" / "round_002.pt"), "round_002.pt")
+    fresh.restore((tmp_path / "run" / "checkpoints" / "round_002.pt").read_bytes(), "round_002.pt")
     assert fresh.learner.evaluate().miou == rows["miou"].iloc[2]
     switched = [line for line in lines if "going on with the validation" in line]
     assert switched  # on this data, round 2's last model is worse than its step-30 validation

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -520,36 +519,42 @@ def filled_pool() -> tuple[LabelPool, list[np.ndarray]]:
     return pool, maps
 
 
-def only_tensors_and_primitives(value) -> bool:
-    if isinstance(value, torch.Tensor) or value is None:
+def only_arrays_and_primitives(value) -> bool:
+    if isinstance(value, np.ndarray) or value is None:
         return True
     if isinstance(value, (str, int, float, bool)):
         return True
     if isinstance(value, list):
-        return all(only_tensors_and_primitives(v) for v in value)
+        return all(only_arrays_and_primitives(v) for v in value)
     if isinstance(value, dict):
         return all(isinstance(k, str) for k in value) and all(
-            only_tensors_and_primitives(v) for v in value.values()
+            only_arrays_and_primitives(v) for v in value.values()
         )
     return False
 
 
-def roundtrip(state: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save({"pool": state, "step": 3}, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)["pool"]
+def roundtrip(state: dict, tmp_path) -> dict:
+    """Through a run checkpoint file, as a run stores the pool: arrays become tensors."""
+    from halo_ray.run import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "state.pt", {"pool": state, "step": 3})
+    loaded = load_checkpoint(tmp_path / "state.pt")["pool"]
+    assert isinstance(loaded["mask_bits"], torch.Tensor)
+    return loaded
 
 
-def test_state_dict_holds_only_tensors_and_primitives():
+def test_state_dict_holds_only_numpy_arrays_and_primitives():
+    """No tensors: the pool's process never imports torch (tests/test_startup.py)."""
     pool, _ = filled_pool()
-    assert only_tensors_and_primitives(pool.state_dict())
+    assert only_arrays_and_primitives(pool.state_dict())
 
 
-def test_state_dict_roundtrip_restores_everything_and_later_reveals_match():
+@pytest.mark.parametrize("through", ["checkpoint", "arrays"])
+def test_state_dict_roundtrip_restores_everything_and_later_reveals_match(through, tmp_path):
     pool, maps = filled_pool()
     fresh = LabelPool(pool.shapes, ArrayOracle(maps))
-    fresh.load_state_dict(roundtrip(pool.state_dict()))
+    state = pool.state_dict()
+    fresh.load_state_dict(roundtrip(state, tmp_path) if through == "checkpoint" else state)
     for i in range(pool.num_images):
         np.testing.assert_array_equal(fresh.labelled_mask(i), pool.labelled_mask(i))
         np.testing.assert_array_equal(fresh.labels(i), pool.labels(i))
@@ -578,9 +583,9 @@ def test_state_dict_roundtrip_restores_everything_and_later_reveals_match():
 def test_state_dict_does_not_alias_the_pool():
     pool, _ = filled_pool()
     state = pool.state_dict()
-    before = state["mask_bits"].clone()
+    before = state["mask_bits"].copy()
     pool.reveal(3, 2, c((2, 2)), region_size=3)
-    assert torch.equal(state["mask_bits"], before)
+    np.testing.assert_array_equal(state["mask_bits"], before)
 
 
 @pytest.mark.parametrize(
@@ -608,7 +613,7 @@ def test_load_state_dict_rejects_other_ignore_index_and_tampering_without_changi
 
     target = LabelPool(pool.shapes, ArrayOracle(maps))
     target.reveal(1, 2, c((2, 2)), region_size=1)
-    bad_mask = dict(state, mask_bits=state["mask_bits"].clone())
+    bad_mask = dict(state, mask_bits=state["mask_bits"].copy())
     bad_mask["mask_bits"][0] ^= 1  # flip a bit that no pixel index backs
     with pytest.raises(ValueError, match="image 0's mask_bits do not match"):
         target.load_state_dict(bad_mask)
@@ -673,7 +678,7 @@ def test_reveal_many_is_reveal_per_image_and_centres_of_is_the_compact_suppressi
         assert b.images_without(r) == [] and b.images_without(r + 1) == [0, 1, 2]
     assert a.state_dict().keys() == b.state_dict().keys()
     for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]) if isinstance(value, torch.Tensor) else value == b.state_dict()[key]
+        assert np.array_equal(value, b.state_dict()[key]) if isinstance(value, np.ndarray) else value == b.state_dict()[key]
     for i, earlier in enumerate(b.centres_of([0, 1, 2])):
         assert earlier.shape == (8, 2)
         mask = square_mask(torch.as_tensor(earlier, dtype=torch.int64), shapes[i], 11).numpy()

@@ -614,3 +614,64 @@ def test_warm_learners_that_no_raylet_starts_are_reported_once_and_learners_star
     assert warm.ahead(1) == 0
     assert len(said) == 1
     assert said[0].startswith("learner processes start cold: no raylet prestarted workers (node abababab")
+
+
+def test_a_trials_process_runs_checkpoints_and_restores_rounds_without_torch(ray_session, tmp_path, tiny_config_values):
+    """The run loop, in a fresh process driving real learner and pool actors as a trial's does,
+    runs round 0 and a round with TensorBoard and pictures, makes a checkpoint and continues
+    from it in other actors, without importing torch (~1 s of CPU per trial): the tensors stay
+    in the learner, which makes and reads the checkpoint's bytes. The continued round equals
+    the uninterrupted one bit for bit, and the files load as before (tensors, weights only)."""
+    import torch
+
+    from halo_ray.run import load_checkpoint
+
+    values = {**tiny_config_values, "rounds": 2, "round_steps": 3, "source_steps": 8}
+    address = ray_session.get_runtime_context().gcs_address
+    code = f"""
+import json, shutil, sys
+from pathlib import Path
+import ray
+ray.init(address={address!r}, log_to_driver=False)
+from halo_ray.config import build_config
+from halo_ray.distributed.actors import ActorProxy, LearnerActor, PoolActor
+from halo_ray.run import ActiveLearningRun
+cfg = build_config(json.loads({json.dumps(values)!r}))
+root = Path({str(tmp_path)!r})
+
+def run_in(name):
+    learner = ray.remote(LearnerActor).options(num_cpus=0).remote(cfg)
+    shapes = [tuple(s) for s in ray.get(learner.call.remote("target_shapes"))]
+    pool = ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes)
+    return ActiveLearningRun(cfg, root / name, learner=ActorProxy(learner), pool=ActorProxy(pool), log=lambda _: None)
+
+run = run_in("whole")
+run.start_or_resume(resume=False)
+run.run_round(1)
+data = run.checkpoint_bytes()
+shutil.copytree(root / "whole" / "results", root / "continued" / "results")  # the rows a resume finds
+run.run_round(2)
+run.close()
+again = run_in("continued")
+again.restore(data, "round 1's bytes")
+again.run_round(2)
+again.close()
+print(json.dumps(dict(torch="torch" in sys.modules, whole=run.last_row["miou"], continued=again.last_row["miou"],
+                      rounds=[run.round, again.round])))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False
+    assert seen["rounds"] == [2, 2] and seen["continued"] == seen["whole"]
+
+    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "round_002.pt")
+    b = load_checkpoint(tmp_path / "continued" / "checkpoints" / "round_002.pt")
+    assert isinstance(a["pool"]["pixel_flat"], torch.Tensor) and a["round"] == b["round"] == 2
+    for key, va in a["pool"].items():
+        assert torch.equal(va, b["pool"][key]) if isinstance(va, torch.Tensor) else va == b["pool"][key], key
+    for name, tensor in a["learner"]["trainer"]["model"].items():
+        assert torch.equal(tensor, b["learner"]["trainer"]["model"][name]), name
+    assert torch.equal(a["torch_rng"], b["torch_rng"])
+    assert list((tmp_path / "whole" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (tmp_path / "whole" / "snapshots").is_dir()

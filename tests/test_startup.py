@@ -42,7 +42,9 @@ print(json.dumps(dict(torch="torch" in sys.modules, geoopt="geoopt" in sys.modul
 
 @pytest.mark.parametrize("unit", ["region", "pixel"])
 def test_the_square_and_pixel_pool_actor_builds_without_torch(tiny_config_values, unit):
-    """The pool actor of a square or pixel run reveals real labels without ever importing torch."""
+    """The pool actor of a square or pixel run reveals real labels, hands out what a round asks
+    of it, and checkpoints and restores its state without ever importing torch (~1 s of CPU,
+    paid at round 0's checkpoint when its state was tensors)."""
     code = f"""
 import json, sys
 import numpy as np
@@ -50,8 +52,15 @@ from halo_ray.config import build_config
 from halo_ray.distributed.actors import PoolActor
 cfg = build_config({{**json.loads({json.dumps(tiny_config_values)!r}), "unit": "{unit}"}})
 host = PoolActor(cfg, [(64, 128)] * 8)
+state0 = host.call("state_dict")
+assert host.call("images_without", 1) == list(range(8))
 host.call("reveal_many", 1, [0], [np.array([[10, 20]], np.int32)], region_size=3, unit="{unit}")
-done = host.call("summary")
+host.call("centres_of", [0, 1])
+host.call("revealed_labels", rounds=[1])
+again = PoolActor(cfg, [(64, 128)] * 8)
+again.call("load_state_dict", state0)
+again.call("load_state_dict", host.call("state_dict"))
+done = again.call("summary")
 print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_pixels"] + done["void_pixels"]),
                       heavy=[m for m in ("ray.tune", "pandas", "pyarrow", "halo_ray.distributed.space")
                              if m in sys.modules])))
@@ -62,16 +71,17 @@ print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_
     assert seen["labelled"] == (9 if unit == "region" else 1)
 
 
-def test_a_trials_run_loop_imports_no_model_code():
+def test_a_trials_run_loop_imports_no_model_code_and_no_torch():
     """What ``run_trial`` imports while its actors start: the run loop drives the learner actor,
-    so geoopt (with scipy.optimize), the models and the learner stay out of the trial's process
-    (~0.8 s of CPU on its start-up path)."""
+    so torch (~1 s of CPU), geoopt (with scipy.optimize), the models and the learner stay out of
+    the trial's process. (A whole round without torch: tests/test_search.py.)"""
     code = """
 import json, sys
 import halo_ray.distributed.search
 from halo_ray.run import ActiveLearningRun, load_checkpoint
-print(json.dumps(dict(loaded=[m for m in ("geoopt", "scipy.optimize", "halo_ray.learner", "halo_ray.models", "halo_ray.hyperbolic")
-                  if m in sys.modules])))
+from halo_ray.acquisition import picks_per_round
+print(json.dumps(dict(loaded=[m for m in ("torch", "geoopt", "scipy.optimize", "halo_ray.learner", "halo_ray.models",
+                                          "halo_ray.hyperbolic", "torch.utils.tensorboard") if m in sys.modules])))
 """
     assert _fresh(code) == {"loaded": []}
 
@@ -85,8 +95,8 @@ def test_every_backbone_name_is_a_registered_backbone():
 
 
 def test_the_warm_learner_hook_imports_what_a_learner_needs_and_touches_no_gpu():
-    """A learner process started ahead runs ``preimport``: afterwards torch, geoopt, the learner
-    and the actor classes are loaded, ``torch._dynamo`` is not (no learner needs it), and no
+    """A learner process started ahead runs ``preimport``: afterwards torch, geoopt, the learner,
+    the actor classes and the checkpoint code (the learner makes checkpoint bytes) are loaded, ``torch._dynamo`` is not (no learner needs it), and no
     CUDA query ran (the GPU Ray later assigns the actor is the one its first CUDA call sees)."""
     code = """
 import json, sys, time
@@ -102,13 +112,13 @@ from halo_ray.distributed import warm
 before = time.time()
 warm.preimport()
 print(json.dumps(dict(
-    modules=[m for m in ("torch._dynamo", "geoopt", "halo_ray.learner", "halo_ray.distributed.actors")
-             if m in sys.modules], cuda=calls,
+    modules=[m for m in ("torch._dynamo", "geoopt", "halo_ray.learner", "halo_ray.distributed.actors",
+                         "halo_ray.run.checkpointer") if m in sys.modules], cuda=calls,
     initialized=torch.cuda.is_initialized(), stamped=before <= warm.PREIMPORTED_AT,
     started=warm.process_started_at() <= before)))
 """
     seen = _fresh(code)
-    assert seen == {"modules": ["geoopt", "halo_ray.learner", "halo_ray.distributed.actors"],
+    assert seen == {"modules": ["geoopt", "halo_ray.learner", "halo_ray.distributed.actors", "halo_ray.run.checkpointer"],
                     "cuda": [], "initialized": False,
                     "stamped": True, "started": True}
 

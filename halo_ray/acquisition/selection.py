@@ -19,19 +19,17 @@ The result is the reference's greedy choice exactly: the same centres in the sam
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator
-from fractions import Fraction
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_count, check_odd
+from .budget import _check_unit, picks_per_round
 
 __all__ = ["picks_per_round", "select", "select_centres", "square_mask"]
 
-_UNITS = ("region", "pixel")
 # First chunk of the candidate order: picks × this many candidates per pick (at least).
 _CANDIDATES_PER_PICK = 16
 _MIN_CHUNK = 4096
@@ -51,13 +49,6 @@ _FLOAT32_RANKS = 2**24
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_unit(unit: object) -> str:
-    """One of ``region``/``pixel``, or ValueError naming the value."""
-    if unit not in _UNITS:
-        raise ValueError(f"unit must be one of {_UNITS}, but got unit={unit!r}")
-    return str(unit)
 
 
 def _check_score(score: object) -> torch.Tensor:
@@ -90,53 +81,6 @@ def _check_active(active: object, score: torch.Tensor) -> torch.Tensor | None:
 
 
 # ----------------------------------------------------------------------------- budgets
-
-
-def picks_per_round(
-    height: int,
-    width: int,
-    *,
-    budget_pct: float,
-    rounds: int,
-    region_size: int,
-    unit: str = "region",
-    reference: bool = False,
-) -> int:
-    """Picks per image and round that spend ``budget_pct`` % of the pixels over ``rounds``.
-
-    Region unit (RA): ``ceil(H·W·budget/100 / rounds / region_size²)`` - each pick labels a
-    ``region_size²`` square (fewer pixels where it is clipped at the border).
-    Pixel unit (PA): the budget counts labelled centre pixels, ``ceil(H·W·budget/100 /
-    rounds)``; ``region_size`` is ignored. RIPU's "40 pixels per image" at 1280x640 is
-    ``budget_pct = 40 / (1280·640) · 100 = 0.0048828125``.
-
-    The default computes with exact rationals (``budget_pct`` read as the decimal it prints
-    as), so exact multiples never round up by one. ``reference=True`` uses the reference's
-    float expression ``ceil(H·W·(budget/100/rounds) / region_size²)``.
-    """
-    height = check_count("height", height)
-    width = check_count("width", width)
-    rounds = check_count("rounds", rounds)
-    if rounds < 1:
-        raise ValueError(f"rounds must be an integer >= 1, but got rounds={rounds}")
-    region_size = check_odd("region_size", region_size)
-    unit = _check_unit(unit)
-    if isinstance(budget_pct, bool) or not isinstance(budget_pct, numbers.Real):
-        raise ValueError(
-            f"budget_pct must be a number in (0, 100], but got budget_pct={budget_pct!r}"
-        )
-    if not (0 < float(budget_pct) <= 100):
-        raise ValueError(f"budget_pct must be in (0, 100], but got budget_pct={budget_pct!r}")
-    area = region_size * region_size if unit == "region" else 1
-    if reference:
-        return math.ceil(height * width * (float(budget_pct) / 100 / rounds) / area)
-    exact = (
-        Fraction(repr(float(budget_pct)))
-        if not isinstance(budget_pct, numbers.Rational)
-        else Fraction(budget_pct)
-    )
-    value = Fraction(height * width) * exact / 100 / rounds / area
-    return math.ceil(value)
 
 
 # ----------------------------------------------------------------------------- masks

@@ -25,6 +25,7 @@ from halo_ray.distributed.warm import learner_runtime_env
 from halo_ray.splits import ensure_superpixels, open_pool, open_split
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from ray.tune import PlacementGroupFactory
 
@@ -227,7 +228,7 @@ class FanOutScorer:
         *,
         suppression: int,
         keep: Sequence[int] = (),
-    ) -> tuple[list[Any], dict[int, torch.Tensor]]:
+    ) -> tuple[list[Any], dict[int, np.ndarray]]:
         """:meth:`Learner.select <halo_ray.learner.Learner.select>` over the scorers, each on a
         contiguous part of ``indices`` with its images' picks and earlier centres; centres in
         the order of ``indices`` (only centres and the ``keep`` maps come back)."""
@@ -240,7 +241,7 @@ class FanOutScorer:
             for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
         ]
         centres: list[Any] = []
-        kept: dict[int, torch.Tensor] = {}
+        kept: dict[int, np.ndarray] = {}
         for part, maps in ray.get(refs, timeout=self._timeout_s):
             centres += part
             kept.update(maps)

@@ -94,8 +94,8 @@ def run_trial(config: dict[str, Any]) -> None:
     cfg = build_config(values, origin=f"search {meta['name']}")
     trial_id = tune.get_context().get_trial_id()
     actors = start_trial_actors(cfg, TrialResources(**meta["resources"]))
-    # while the actors start in their own processes: the run loop's imports (torch) here
-    from halo_ray.run import ActiveLearningRun, load_checkpoint
+    # while the actors start in their own processes: the run loop's imports (no torch) here
+    from halo_ray.run import ActiveLearningRun
 
     actors.ready()
 
@@ -114,7 +114,7 @@ def run_trial(config: dict[str, Any]) -> None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
-                run.restore(load_checkpoint(Path(folder) / STATE_FILE), f"Tune checkpoint of {trial_id}")
+                run.restore((Path(folder) / STATE_FILE).read_bytes(), f"Tune checkpoint of {trial_id}")
         else:
             run.start_or_resume(resume=None)
             _report(run)
@@ -125,13 +125,13 @@ def run_trial(config: dict[str, Any]) -> None:
 
 
 def _report(run: Any) -> None:
-    """Report the latest round's row with a checkpoint of the ``ActiveLearningRun``'s whole state."""
-    from halo_ray.run import save_checkpoint
-
+    """Report the latest round's row with a checkpoint of the ``ActiveLearningRun``'s whole state
+    (its file's bytes made by the learner: this process never imports torch)."""
     row = run.last_row
     metrics = {k: v for k, v in row.items() if k != "config_json" and v is not None}
+    data = run.checkpoint_bytes()
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(Path(folder) / STATE_FILE, run.checkpoint_state())
+        atomic_write_bytes(Path(folder) / STATE_FILE, lambda tmp: tmp.write_bytes(data))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     run.checkpoint_written()  # Tune holds it now: best-model files the record left behind can go
 

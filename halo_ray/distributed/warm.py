@@ -48,6 +48,7 @@ def preimport() -> None:
     global PREIMPORTED_AT
     import halo_ray.distributed.actors  # noqa: F401 - the actor classes' module, unpickled with the actor
     import halo_ray.learner  # noqa: F401 - torch, geoopt, the models, the data
+    import halo_ray.run.checkpointer  # noqa: F401 - the learner makes and reads checkpoint bytes (pandas)
 
     PREIMPORTED_AT = time.time()
 

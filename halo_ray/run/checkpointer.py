@@ -1,5 +1,12 @@
 """Where a run's state goes and comes back from: round checkpoints, best-model files, the
-shared source cache, and the checks a resume makes (same config, same trial id)."""
+shared source cache, and the checks a resume makes (same config, same trial id).
+
+A checkpoint file is ``torch.save`` of tensors and plain values. The process that holds the
+model (the learner: :meth:`halo_ray.learner.Learner.checkpoint`) makes its bytes, and the run
+loop writes and reads them as bytes, so a search trial's process, which drives a learner
+actor, never imports torch (~1 s of CPU per trial). torch is imported here only by the
+functions that need it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from halo_ray.config import RUNTIME_KEYS, ConfigError, ExperimentConfig
 from halo_ray.results import atomic_write_bytes
@@ -21,13 +28,17 @@ if TYPE_CHECKING:  # a search trial's process drives its learner actor and never
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "as_arrays",
+    "as_tensors",
     "Checkpointer",
     "best_checkpoint_path",
     "check_same_config",
+    "checkpoint_bytes",
     "checkpoint_path",
     "improves",
     "latest_checkpoint",
     "load_checkpoint",
+    "read_checkpoint_bytes",
     "save_checkpoint",
     "source_checkpoint",
 ]
@@ -36,13 +47,62 @@ CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` atomically (temp file + rename)."""
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    """``torch.save`` atomically (temp file + rename), numpy arrays (the label pool's state,
+    which its process builds without torch) stored as tensors, so that the file loads with
+    ``weights_only=True``."""
+    data = checkpoint_bytes(state)
+    atomic_write_bytes(path, lambda tmp: tmp.write_bytes(data))
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """The bytes of the file :func:`save_checkpoint` writes for ``state``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(as_tensors(state), buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: Path) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain values only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint_bytes(Path(path).read_bytes())
+
+
+def read_checkpoint_bytes(data: bytes) -> dict:
+    """:func:`load_checkpoint` of a file's bytes."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def as_tensors(value: Any) -> Any:
+    """``value`` with every numpy array in it, through dicts, lists and tuples, as a tensor of
+    the same dtype and values (a copy: arrays from Ray's object store are read-only)."""
+    if isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        return {k: as_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_tensors(v) for v in value)
+    return value
+
+
+def as_arrays(value: Any) -> Any:
+    """The inverse of :func:`as_tensors`: every tensor in ``value`` as a numpy array, so that
+    a process without torch can unpickle it."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    if isinstance(value, dict):
+        return {k: as_arrays(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_arrays(v) for v in value)
+    return value
 
 
 def checkpoint_path(out_dir: Path, round_index: int) -> Path:
@@ -72,7 +132,7 @@ class Checkpointer:
     """A run's checkpoints under ``out_dir/checkpoints``.
 
     ``own``: whether round checkpoints are written here; a search trial reports its state to
-    Tune instead (:meth:`halo_ray.run.ActiveLearningRun.checkpoint_state`), whose copy is the
+    Tune instead (:meth:`halo_ray.run.ActiveLearningRun.checkpoint_bytes`), whose copy is the
     one kept. After a checkpoint is safe, :meth:`written` keeps the last ``keep_checkpoints``
     round files and the best-model file the record names, nothing else.
     """
@@ -84,10 +144,11 @@ class Checkpointer:
         """The last round checkpoint on disk, or None."""
         return latest_checkpoint(self.out_dir)
 
-    def write_round(self, round_index: int, state: dict, best: Mapping[str, Any] | None) -> None:
-        """Write round ``round_index``'s checkpoint (when the run owns its checkpoints), then prune."""
+    def write_round(self, round_index: int, data: bytes, best: Mapping[str, Any] | None) -> None:
+        """Write round ``round_index``'s checkpoint file (``data``, its bytes: when the run owns
+        its checkpoints), then prune."""
         if self.own:
-            save_checkpoint(checkpoint_path(self.out_dir, round_index), state)
+            atomic_write_bytes(checkpoint_path(self.out_dir, round_index), lambda tmp: tmp.write_bytes(data))
             self.written(best)
 
     def written(self, best: Mapping[str, Any] | None) -> None:
@@ -98,10 +159,11 @@ class Checkpointer:
             path.unlink(missing_ok=True)
         self.prune_best(best)
 
-    def save_best(self, best: Mapping[str, Any], model_state: dict) -> None:
-        """Keep the best validation's weights (``keep_best``): :func:`best_checkpoint_path`."""
-        state = {"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), **best, "model": model_state}
-        save_checkpoint(best_checkpoint_path(self.out_dir, int(best["step"])), state)
+    def save_best(self, best: Mapping[str, Any], learner: Learner) -> None:
+        """Keep the best validation's weights (``keep_best``): :func:`best_checkpoint_path`,
+        its bytes made by the learner (:meth:`~halo_ray.learner.Learner.model_file`)."""
+        data = learner.model_file({"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), **best})
+        atomic_write_bytes(best_checkpoint_path(self.out_dir, int(best["step"])), lambda tmp: tmp.write_bytes(data))
 
     def prune_best(self, best: Mapping[str, Any] | None) -> None:
         """Delete every best-model file but the recorded best's. Runs once a round checkpoint

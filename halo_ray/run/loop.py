@@ -17,32 +17,21 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 
 from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, ExperimentConfig
 from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.metrics import Evaluation
-from halo_ray.multiclass import (
-    REGION_STRATEGIES,
-    combine_region_scores,
-    random_scores,
-    select_regions,
-)
 from halo_ray.pool import LabelPool
 from halo_ray.results import atomic_write_bytes, read_results
 from halo_ray.run.checkpointer import (
     CHECKPOINT_FORMAT,
     Checkpointer,
-    check_same_config,
     improves,
-    load_checkpoint,
-    source_checkpoint,
 )
 from halo_ray.run.progress import ProgressLine, validation_chunks
 from halo_ray.run.recorder import Recorder
 from halo_ray.rundir import claim_run_directory
-from halo_ray.sampling import image_seed
 from halo_ray.splits import (
     LogFn,
     ensure_data,
@@ -64,7 +53,7 @@ class Scorer(Protocol):
     def select(
         self, round_index: int, indices: Sequence[int], picks: Sequence[int], prior: Sequence[np.ndarray], *,
         suppression: int, keep: Sequence[int] = (),
-    ) -> tuple[list[np.ndarray], dict[int, torch.Tensor]]: ...
+    ) -> tuple[list[np.ndarray], dict[int, np.ndarray]]: ...
 
 
 class ActiveLearningRun:
@@ -75,7 +64,7 @@ class ActiveLearningRun:
     method call into ``ray.get(actor.method.remote(...))`` — the run does not know which.
     Scoring goes to ``scorer`` (the learner itself by default; a fan-out over scorer actors
     in a search), which must score with the learner's current weights. ``own_checkpoints``
-    False: the caller persists :meth:`checkpoint_state` (a search trial reports it to Tune)
+    False: the caller persists :meth:`checkpoint_bytes` (a search trial reports it to Tune)
     and calls :meth:`checkpoint_written`. A ``pool`` handed over (unit multiclass) was opened on
     a filled superpixel cache (:func:`~halo_ray.splits.ensure_superpixels`); without one the
     run fills the cache itself.
@@ -135,7 +124,6 @@ class ActiveLearningRun:
         self.best: dict[str, float | int] | None = None
         #: the best validation inside the round being trained, with its model (``round_model: best``)
         self._round_best: dict | None = None
-        self._source_state: dict | None = None
         self.last_row: dict | None = None  # the latest round's result row
 
     @property
@@ -171,7 +159,7 @@ class ActiveLearningRun:
                 "pass --resume to continue it or choose another --out"
             )
         if existing is not None:
-            self.restore(load_checkpoint(existing), existing)
+            self.restore(existing.read_bytes(), existing)
             return
         rows = self.recorder.rows_on_disk() if resume is True else []
         if rows:
@@ -185,7 +173,7 @@ class ActiveLearningRun:
         atomic_write_bytes(config_file, lambda tmp: tmp.write_text(json.dumps(self.cfg.to_dict(), indent=2)))
         self.recorder.open()
         t0 = time.perf_counter()
-        self.learner.load_state_dict(self._source_state_for_run())
+        self.learner.load_source()
         self._give_learner_every_label()  # none yet
         self.step = self.cfg.source_steps
         self.round = 0
@@ -243,7 +231,7 @@ class ActiveLearningRun:
         }
         todo = self.pool.images_without(r)
         shown = [i for i in range(min(cfg.log_images, len(self.shapes))) if i in todo]
-        scores_shown: dict[int, torch.Tensor] = {}
+        scores_shown: dict[int, np.ndarray] = {}
         chunk = max(cfg.eval_batch_size, 1) * 4
         for start in range(0, len(todo), chunk):
             batch = todo[start : start + chunk]
@@ -282,6 +270,16 @@ class ActiveLearningRun:
         the same pool again, so its picks, and the pool's idempotent reveals, repeat. Returns
         the images that got answers this round.
         """
+        import torch  # the ranking runs here, over the whole pool (squares and pixels: no torch)
+
+        from halo_ray.multiclass import (
+            REGION_STRATEGIES,
+            combine_region_scores,
+            random_scores,
+            select_regions,
+        )
+        from halo_ray.sampling import image_seed
+
         cfg = self.cfg
         regions, costs = self._region_facts()
         n, width = costs.shape
@@ -329,7 +327,7 @@ class ActiveLearningRun:
         cfg = self.cfg
         steps = cfg.round_lengths()[r - 1]
         if cfg.loop == "retrain":  # every round anew from the source model
-            self.learner.load_state_dict(self._source_state_for_run())
+            self.learner.load_source()
             self.learner.reset_optimizer()
             start, total = 0, steps
         elif cfg.loop == "adapt":  # one new schedule over all rounds, begun at round 1 (HALO)
@@ -380,7 +378,7 @@ class ActiveLearningRun:
             summary = {
                 **summary,
                 "click_budget": self.round * self.cfg.clicks_per_round,
-                **self.learner.stage_two(self._source_state_for_run() if stage2 else None, self.cfg.stage2_steps),
+                **self.learner.stage_two(self.cfg.stage2_steps if stage2 else 0),
             }
         self.wall_s += time.perf_counter() - t0  # stage 2 included
         self._track_best(ev, self.step, self.round)
@@ -393,7 +391,7 @@ class ActiveLearningRun:
             f"round {self.round}/{self.cfg.rounds} done: mIoU {ev.miou:.2f} | pixel acc {ev.pixel_acc:.2f} | "
             f"labelled {row['labelled_pct']:.3f}% | wall {self.wall_s:.1f}s"
         )
-        self.checkpoints.write_round(self.round, self.checkpoint_state(), self.best)
+        self.checkpoints.write_round(self.round, self.checkpoint_bytes(), self.best)
 
     def _track_best(self, ev: Evaluation, step: int, r: int) -> None:
         """Record a validation that beats the best so far; with ``keep_best`` save its weights."""
@@ -401,35 +399,34 @@ class ActiveLearningRun:
             return
         self.best = {"miou": float(ev.miou), "step": int(step), "round": int(r)}
         if self.cfg.keep_best:
-            self.checkpoints.save_best(self.best, self.learner.model_state())
+            self.checkpoints.save_best(self.best, self.learner)
 
     # -- state -----------------------------------------------------------------------
-    def checkpoint_state(self) -> dict:
-        """Everything needed to continue after this round, as tensors and plain values."""
-        return {
+    def checkpoint_bytes(self) -> bytes:
+        """The bytes of a checkpoint file to continue after this round: this run's values and
+        the pool's state, with the learner's state and torch RNG added where they are
+        (:meth:`~halo_ray.learner.Learner.checkpoint`)."""
+        return self.learner.checkpoint({
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "round": self.round,
             "step": self.step,
-            "learner": self.learner.state_dict(),
             "pool": self.pool.state_dict(),
-            "torch_rng": torch.get_rng_state(),
             "wall_s": self.wall_s,
             "best": self.best,
             "trial_id": self.trial_id,
-        }
+        })
 
     def checkpoint_written(self) -> None:
-        """The caller persisted :meth:`checkpoint_state` (a search trial: Tune holds it)."""
+        """The caller persisted :meth:`checkpoint_bytes` (a search trial: Tune holds it)."""
         self.checkpoints.written(self.best)
 
-    def restore(self, state: dict, origin: Path | str) -> None:
-        """Continue from a checkpoint written by :meth:`checkpoint_state`."""
-        check_same_config(self.cfg, state["config"], origin)
-        self.learner.load_state_dict(state["learner"])
+    def restore(self, data: bytes, origin: Path | str) -> None:
+        """Continue from a checkpoint file's bytes (:meth:`checkpoint_bytes`; ``origin`` names
+        it in messages); a checkpoint of another config is refused before anything changes."""
+        state = self.learner.restore(data, str(origin))
         self.pool.load_state_dict(state["pool"])
         self._give_learner_every_label()
-        torch.set_rng_state(state["torch_rng"])
         self.round = int(state["round"])
         self.step = int(state["step"])
         self.wall_s = float(state["wall_s"])
@@ -454,11 +451,6 @@ class ActiveLearningRun:
         if saved is not None and saved != self.trial_id:
             self.log(f"continuing trial {saved} (this halo_ray would name the config {self.trial_id})")
             self.recorder.trial_id = saved
-
-    def _source_state_for_run(self) -> dict:
-        if self._source_state is None:
-            self._source_state = source_checkpoint(self.cfg, self.learner, self.log)
-        return self._source_state
 
 
 def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:

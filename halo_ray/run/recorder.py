@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import halo_ray
 from halo_ray.config import ExperimentConfig, keys_where
@@ -20,6 +19,7 @@ from halo_ray.results import (
     read_round_row,
     write_round_row,
 )
+from halo_ray.run.tensorboard import EventLog
 
 __all__ = ["HPARAM_KEYS", "HPARAM_METRICS", "Recorder", "snapshot_path", "write_snapshot"]
 
@@ -108,7 +108,7 @@ class Recorder:
         if writer is not None:
             for key in ROUND_SCALARS:
                 if row[key] is not None and np.isfinite(row[key]):
-                    writer.add_scalar(f"eval/{key}", row[key], step)
+                    writer.scalar(f"eval/{key}", row[key], step)
             writer.flush()
 
     def read_row(self, round_index: int) -> dict | None:
@@ -123,13 +123,11 @@ class Recorder:
     def open(self, purge_step: int | None = None) -> None:
         """Start the TensorBoard log (a resume purges events after ``purge_step``)."""
         if self.tensorboard and self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.tensorboard_dir / self.trial_id), purge_step=purge_step)
+            self._writer = EventLog(self.tensorboard_dir / self.trial_id, purge_step=purge_step)
             self._write_hparams(end=False)
 
-    def writer(self):  # noqa: ANN201 - a SummaryWriter, imported lazily
-        """The open TensorBoard writer (opened on first use), or None without TensorBoard."""
+    def writer(self) -> EventLog | None:
+        """The open TensorBoard log (opened on first use), or None without TensorBoard."""
         self.open()
         return self._writer
 
@@ -143,15 +141,15 @@ class Recorder:
         for step, loss, lr in history:
             if step % self.cfg.log_every == 0:
                 global_step = first_step + (step - start)  # step is 1-based
-                writer.add_scalar("train/loss", loss, global_step)
-                writer.add_scalar("train/lr", lr, global_step)
+                writer.scalar("train/loss", loss, global_step)
+                writer.scalar("train/lr", lr, global_step)
 
     def validation(self, ev: Evaluation, step: int) -> None:
         """A validation inside a round: ``eval/miou`` and ``eval/pixel_acc`` at ``step``."""
         writer = self.writer()
         if writer is not None:
-            writer.add_scalar("eval/miou", ev.miou, step)
-            writer.add_scalar("eval/pixel_acc", ev.pixel_acc, step)
+            writer.scalar("eval/miou", ev.miou, step)
+            writer.scalar("eval/pixel_acc", ev.pixel_acc, step)
 
     def _write_hparams(self, *, end: bool) -> None:
         """TensorBoard HParams: this run's hyper-parameters beside its ``eval/*`` scalars.
@@ -160,18 +158,13 @@ class Recorder:
         HParams dashboard over ``tensorboard/`` compares all trials of the search. The
         session-end record marks a run that reached its last round.
         """
-        from torch.utils.tensorboard.summary import hparams
-
         values = {key: getattr(self.cfg, key) for key in HPARAM_KEYS}
         values["suppression"] = self.cfg.suppression_size  # the window used, as in the Parquet column
         values = {k: ",".join(f"{x:g}" for x in v) if isinstance(v, tuple) else v for k, v in values.items()}  # "16,8,1"
-        exp, ssi, sei = hparams({k: v for k, v in values.items() if v is not None}, {m: 0.0 for m in HPARAM_METRICS})
-        sink = self._writer.file_writer
         if end:
-            sink.add_summary(sei)
+            self._writer.hparams_end()
         else:
-            sink.add_summary(exp)
-            sink.add_summary(ssi)
+            self._writer.hparams_start(values, HPARAM_METRICS)
 
     def close(self, *, finished: bool) -> None:
         """Flush TensorBoard (marking a finished run's HParams session as ended)."""
@@ -183,7 +176,7 @@ class Recorder:
 
     # -- selections ---------------------------------------------------------------------
     def selection(
-        self, round_index: int, step: int, snap: dict[str, np.ndarray], scores: Sequence[torch.Tensor],
+        self, round_index: int, step: int, snap: dict[str, np.ndarray], scores: Sequence[np.ndarray],
         indices: Sequence[int], names: Sequence[str], labelled_rounds: Sequence[np.ndarray],
     ) -> None:
         """Keep pictures of what a round selected: a snapshot file and TensorBoard images.
@@ -193,7 +186,7 @@ class Recorder:
         the ones the strategy saw; ``labelled_rounds`` the pool's round-of-labelling maps.
         """
         r = round_index
-        snap["score"] = torch.stack(list(scores)).float().numpy()  # [K, H, W]
+        snap["score"] = np.stack([np.asarray(m, dtype=np.float32) for m in scores])  # [K, H, W]
         snap["labelled_round"] = np.stack([np.asarray(m) for m in labelled_rounds]).astype(np.uint8)
         snap["index"] = np.asarray(indices, dtype=np.int64)
         snap["name"] = np.asarray([names[i] for i in indices])
@@ -205,25 +198,23 @@ class Recorder:
         if writer is None:
             return
         for k, i in enumerate(indices):
-            image = torch.from_numpy(snap["image"][k]).permute(2, 0, 1).float() / 255.0  # [3, H, W]
-            mask = torch.from_numpy(snap["labelled_round"][k])  # [H, W] round of labelling
-            overlay = image.clone()
-            now, before = mask == r, (mask > 0) & (mask < r)
-            overlay[0][now], overlay[1][now], overlay[2][now] = 1.0, 0.0, 0.0
-            overlay[1][before] = 1.0
+            overlay = snap["image"][k].copy()  # [H, W, 3] uint8
+            mask = snap["labelled_round"][k]  # [H, W] round of labelling
+            overlay[mask == r] = (255, 0, 0)
+            overlay[(mask > 0) & (mask < r), 1] = 255
             tag = f"selection/{names[i]}"
-            writer.add_image(f"{tag}/labelled", overlay, step)
-            writer.add_image(f"{tag}/score", unit_range(scores[k]).unsqueeze(0), step)
+            writer.image(f"{tag}/labelled", overlay, step)
+            writer.image(f"{tag}/score", unit_range(snap["score"][k]), step)
             if "radius" in snap:
-                writer.add_image(f"{tag}/radius", unit_range(torch.from_numpy(snap["radius"][k])).unsqueeze(0), step)
+                writer.image(f"{tag}/radius", unit_range(snap["radius"][k]), step)
 
 
 def finite_or_none(value: float | None) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def unit_range(x: torch.Tensor) -> torch.Tensor:
+def unit_range(x: np.ndarray) -> np.ndarray:
     """``x`` min-max scaled to [0, 1] for an image (a constant map is all zeros)."""
-    x = x.float()
+    x = np.asarray(x, dtype=np.float32)
     lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
