@@ -161,6 +161,7 @@ class Learner:
         self._superpixels = superpixel_source(cfg) if cfg.unit == "multiclass" else None
         self._region_counts: list[int] | None = None
         self._source_state: dict | None = None  # the source pre-trained state (load_source)
+        self._kept_model: dict[str, torch.Tensor] | None = None  # keep_model's copy of the weights
 
     # -- facts -----------------------------------------------------------------------
     def target_shapes(self) -> list[tuple[int, int]]:
@@ -198,14 +199,17 @@ class Learner:
         if self.source_sampler is not None:
             self.source_sampler.load_state_dict(state["source_sampler"])
 
-    def checkpoint(self, state: dict) -> bytes:
-        """A run checkpoint file's bytes: the run's ``state`` (its own values and the label
-        pool's arrays) with this learner's state (``learner``) and this process's torch RNG
-        (``torch_rng``). Made here, where the tensors are, so that a search trial's process
-        handles the checkpoint as bytes and never imports torch."""
+    def checkpoint(self, state: dict, pool_state: dict) -> bytes:
+        """A run checkpoint file's bytes: the run's ``state`` (its own values), the label pool's
+        state (``pool``: numpy arrays, stored as tensors), this learner's state (``learner``)
+        and this process's torch RNG (``torch_rng``, which dropout draws from). Made here,
+        where the tensors are, so that a search trial's process handles the checkpoint as
+        bytes and never imports torch."""
         from halo_ray.run.checkpointer import checkpoint_bytes
 
-        return checkpoint_bytes({**state, "learner": self.state_dict(), "torch_rng": torch.get_rng_state()})
+        return checkpoint_bytes({
+            **state, "pool": pool_state, "learner": self.state_dict(), "torch_rng": torch.get_rng_state(),
+        })
 
     def restore(self, data: bytes, origin: str) -> dict:
         """Continue from a run checkpoint file's bytes (:meth:`checkpoint`): refuse it when it
@@ -234,6 +238,18 @@ class Learner:
 
             self._source_state = source_checkpoint(self.cfg, self, self.log)
         self.load_state_dict(self._source_state)
+
+    def keep_model(self) -> None:
+        """Keep a copy of the current weights (a round's best validation, ``round_model: best``)
+        here, where :meth:`load_kept_model` takes them back: they never leave this process."""
+        self._kept_model = self.model_state()
+
+    def load_kept_model(self) -> None:
+        """Go on with the weights :meth:`keep_model` kept (and forget them)."""
+        if self._kept_model is None:
+            raise RuntimeError("load_kept_model: no weights were kept (call keep_model first)")
+        self.load_model_state(self._kept_model)
+        self._kept_model = None
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """A copy of the model's weights alone (CPU tensors, unaffected by further training):

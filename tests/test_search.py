@@ -620,7 +620,8 @@ def test_a_trials_process_runs_checkpoints_and_restores_rounds_without_torch(ray
     """The run loop, in a fresh process driving real learner and pool actors as a trial's does,
     runs round 0 and a round with TensorBoard and pictures, makes a checkpoint and continues
     from it in other actors, without importing torch (~1 s of CPU per trial): the tensors stay
-    in the learner, which makes and reads the checkpoint's bytes. The continued round equals
+    in the learner, which makes and reads the checkpoint's bytes, the pool handing its state to
+    the learner directly. The continued round equals
     the uninterrupted one bit for bit, and the files load as before (tensors, weights only)."""
     import torch
 
@@ -633,6 +634,13 @@ import json, shutil, sys
 from pathlib import Path
 import ray
 ray.init(address={address!r}, log_to_driver=False)
+fetched = []  # what this process receives from its actors
+original_get = ray.get
+def spy(refs, *args, **kwargs):
+    out = original_get(refs, *args, **kwargs)
+    fetched.append(out)
+    return out
+ray.get = spy
 from halo_ray.config import build_config
 from halo_ray.distributed.actors import ActorProxy, LearnerActor, PoolActor
 from halo_ray.run import ActiveLearningRun
@@ -656,14 +664,16 @@ again = run_in("continued")
 again.restore(data, "round 1's bytes")
 again.run_round(2)
 again.close()
+pool_states = sum(1 for v in fetched if isinstance(v, dict) and "mask_bits" in v)
 print(json.dumps(dict(torch="torch" in sys.modules, whole=run.last_row["miou"], continued=again.last_row["miou"],
-                      rounds=[run.round, again.round])))
+                      rounds=[run.round, again.round], pool_states=pool_states, calls=len(fetched))))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["torch"] is False
     assert seen["rounds"] == [2, 2] and seen["continued"] == seen["whole"]
+    assert seen["calls"] > 20 and seen["pool_states"] == 0  # the pool's state went to the learner directly
 
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "round_002.pt")
     b = load_checkpoint(tmp_path / "continued" / "checkpoints" / "round_002.pt")

@@ -142,7 +142,8 @@ class PoolActor(Hosted):
 
 
 class ActorProxy:
-    """Synchronous view of a :class:`Hosted` actor: ``proxy.f(x)`` is ``ray.get(actor.call.remote("f", x))``.
+    """Synchronous view of a :class:`Hosted` actor: ``proxy.f(x)`` is ``ray.get(actor.call.remote("f", x))``
+    (and :meth:`handover` the reference without the ``ray.get``).
 
     The run calls its learner and pool through plain method calls; this proxy lets it do
     so unchanged when they are actors.
@@ -151,6 +152,12 @@ class ActorProxy:
     def __init__(self, handle: Any, timeout_s: float | None = None):
         self._handle = handle
         self._timeout_s = timeout_s
+
+    def handover(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``target.<method>(...)``'s result left in Ray's object store, as a reference for another
+        actor's call (Ray resolves a top-level reference argument in the callee): the pool's
+        state goes to the learner that writes the checkpoint without passing through the trial."""
+        return self._handle.call.remote(method, *args, **kwargs)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):  # copy/pickle protocol probes: not the target's methods

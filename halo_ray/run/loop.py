@@ -122,7 +122,8 @@ class ActiveLearningRun:
         self.wall_s = 0.0
         #: the best validation so far: {"miou", "step", "round"} (None before the first)
         self.best: dict[str, float | int] | None = None
-        #: the best validation inside the round being trained, with its model (``round_model: best``)
+        #: the best validation inside the round being trained (``round_model: best``; its weights
+        #: kept by the learner: :meth:`~halo_ray.learner.Learner.keep_model`)
         self._round_best: dict | None = None
         self.last_row: dict | None = None  # the latest round's result row
 
@@ -353,7 +354,8 @@ class ActiveLearningRun:
         (with ``round_model: best``, also the round's best model, kept in memory)."""
         self._track_best(ev, step, r)
         if self.cfg.round_model == "best" and improves(ev.miou, self._round_best):
-            self._round_best = {"miou": float(ev.miou), "step": int(step), "eval": ev, "model": self.learner.model_state()}
+            self._round_best = {"miou": float(ev.miou), "step": int(step), "eval": ev}
+            self.learner.keep_model()  # the weights stay in the learner
         self.recorder.validation(ev, step)
         self.log(f"round {r}/{self.cfg.rounds} step {step}: validation mIoU {ev.miou:.2f} "
                  f"(best {self.best['miou']:.2f} at step {self.best['step']})")
@@ -365,7 +367,7 @@ class ActiveLearningRun:
         best, self._round_best = self._round_best, None
         if best is None or improves(ev.miou, best):
             return ev
-        self.learner.load_model_state(best["model"])
+        self.learner.load_kept_model()
         self.log(f"round {self.round}/{self.cfg.rounds}: going on with the validation at step {best['step']} "
                  f"(mIoU {best['miou']:.2f}; the round's last model {ev.miou:.2f})")
         return best["eval"]
@@ -405,17 +407,18 @@ class ActiveLearningRun:
     def checkpoint_bytes(self) -> bytes:
         """The bytes of a checkpoint file to continue after this round: this run's values and
         the pool's state, with the learner's state and torch RNG added where they are
-        (:meth:`~halo_ray.learner.Learner.checkpoint`)."""
-        return self.learner.checkpoint({
+        (:meth:`~halo_ray.learner.Learner.checkpoint`). A pool actor hands its state to the
+        learner actor directly: this process receives only the file's bytes."""
+        state = {
             "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "round": self.round,
             "step": self.step,
-            "pool": self.pool.state_dict(),
             "wall_s": self.wall_s,
             "best": self.best,
             "trial_id": self.trial_id,
-        })
+        }
+        return self.learner.checkpoint(state, _handed_over(self.pool, "state_dict"))
 
     def checkpoint_written(self) -> None:
         """The caller persisted :meth:`checkpoint_bytes` (a search trial: Tune holds it)."""
@@ -451,6 +454,13 @@ class ActiveLearningRun:
         if saved is not None and saved != self.trial_id:
             self.log(f"continuing trial {saved} (this halo_ray would name the config {self.trial_id})")
             self.recorder.trial_id = saved
+
+
+def _handed_over(target: object, method: str) -> object:
+    """``target.<method>()`` for another call: an actor's result stays in Ray's object store
+    (:meth:`~halo_ray.distributed.actors.ActorProxy.handover`), an in-process object's is the value."""
+    handover = getattr(target, "handover", None)
+    return handover(method) if handover is not None else getattr(target, method)()
 
 
 def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
