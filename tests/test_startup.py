@@ -148,3 +148,20 @@ trainer.load_state_dict(torch.load(buffer, weights_only=True))
 print(json.dumps(dict(dynamo="torch._dynamo" in sys.modules, finite=loss == loss)))
 """
     assert _fresh(code) == {"dynamo": False, "finite": True}
+
+
+def test_the_acquisition_package_loads_each_public_name_from_its_home_on_first_use():
+    """``halo_ray.acquisition`` imports its submodules lazily, so ``picks_per_round`` comes
+    without torch; every public name still resolves, to the submodule's own object."""
+    code = """
+import importlib, json, sys
+import halo_ray.acquisition as acquisition
+from halo_ray.acquisition import picks_per_round
+no_torch = "torch" not in sys.modules
+same = all(getattr(acquisition, n) is getattr(importlib.import_module("halo_ray.acquisition." + m), n)
+           for n, m in acquisition._HOMES.items())
+print(json.dumps(dict(no_torch=no_torch, all=sorted(acquisition.__all__) == sorted(acquisition._HOMES), same=same,
+                      listed=set(acquisition.__all__) <= set(dir(acquisition)), picks=picks_per_round(
+                          64, 128, budget_pct=5, rounds=5, region_size=3))))
+"""
+    assert _fresh(code) == {"no_torch": True, "all": True, "same": True, "listed": True, "picks": 10}

@@ -61,7 +61,6 @@ __all__ = [
     "select_centres",
     "square_mask",
 ]
-assert sorted(__all__) == sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
