@@ -127,11 +127,13 @@ def run_trial(config: dict[str, Any]) -> None:
 def _report(run: Any) -> None:
     """Report the latest round's row with a checkpoint of the ``ActiveLearningRun``'s whole state
     (its file's bytes made by the learner: this process never imports torch)."""
+    from halo_ray.run.checkpointer import write_checkpoint_bytes
+
     row = run.last_row
     metrics = {k: v for k, v in row.items() if k != "config_json" and v is not None}
     data = run.checkpoint_bytes()
     with tempfile.TemporaryDirectory() as folder:
-        atomic_write_bytes(Path(folder) / STATE_FILE, lambda tmp: tmp.write_bytes(data))
+        write_checkpoint_bytes(Path(folder) / STATE_FILE, data)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     run.checkpoint_written()  # Tune holds it now: best-model files the record left behind can go
 

@@ -41,6 +41,7 @@ __all__ = [
     "read_checkpoint_bytes",
     "save_checkpoint",
     "source_checkpoint",
+    "write_checkpoint_bytes",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -50,7 +51,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """``torch.save`` atomically (temp file + rename), numpy arrays (the label pool's state,
     which its process builds without torch) stored as tensors, so that the file loads with
     ``weights_only=True``."""
-    data = checkpoint_bytes(state)
+    write_checkpoint_bytes(path, checkpoint_bytes(state))
+
+
+def write_checkpoint_bytes(path: Path, data: bytes) -> None:
+    """Write a checkpoint file's ``data`` (:func:`checkpoint_bytes`, or a learner's) atomically."""
     atomic_write_bytes(path, lambda tmp: tmp.write_bytes(data))
 
 
@@ -81,11 +86,12 @@ def read_checkpoint_bytes(data: bytes) -> dict:
 
 def as_tensors(value: Any) -> Any:
     """``value`` with every numpy array in it, through dicts, lists and tuples, as a tensor of
-    the same dtype and values (a copy: arrays from Ray's object store are read-only)."""
+    the same dtype and values (sharing the array's memory; a read-only array from Ray's object
+    store is copied, which ``torch.from_numpy`` needs)."""
     if isinstance(value, np.ndarray):
         import torch
 
-        return torch.from_numpy(value.copy())
+        return torch.from_numpy(value if value.flags.writeable else value.copy())
     if isinstance(value, dict):
         return {k: as_tensors(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -148,7 +154,7 @@ class Checkpointer:
         """Write round ``round_index``'s checkpoint file (``data``, its bytes: when the run owns
         its checkpoints), then prune."""
         if self.own:
-            atomic_write_bytes(checkpoint_path(self.out_dir, round_index), lambda tmp: tmp.write_bytes(data))
+            write_checkpoint_bytes(checkpoint_path(self.out_dir, round_index), data)
             self.written(best)
 
     def written(self, best: Mapping[str, Any] | None) -> None:
@@ -163,7 +169,7 @@ class Checkpointer:
         """Keep the best validation's weights (``keep_best``): :func:`best_checkpoint_path`,
         its bytes made by the learner (:meth:`~halo_ray.learner.Learner.model_file`)."""
         data = learner.model_file({"format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), **best})
-        atomic_write_bytes(best_checkpoint_path(self.out_dir, int(best["step"])), lambda tmp: tmp.write_bytes(data))
+        write_checkpoint_bytes(best_checkpoint_path(self.out_dir, int(best["step"])), data)
 
     def prune_best(self, best: Mapping[str, Any] | None) -> None:
         """Delete every best-model file but the recorded best's. Runs once a round checkpoint

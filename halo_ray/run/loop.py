@@ -351,7 +351,7 @@ class ActiveLearningRun:
 
     def _validate(self, ev: Evaluation, step: int, r: int) -> None:
         """A validation inside round ``r``: TensorBoard scalars and the best-so-far record
-        (with ``round_model: best``, also the round's best model, kept in memory)."""
+        (with ``round_model: best``, also the round's best model, kept by the learner)."""
         self._track_best(ev, step, r)
         if self.cfg.round_model == "best" and improves(ev.miou, self._round_best):
             self._round_best = {"miou": float(ev.miou), "step": int(step), "eval": ev}
