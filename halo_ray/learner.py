@@ -251,6 +251,11 @@ class Learner:
         self.load_model_state(self._kept_model)
         self._kept_model = None
 
+    def drop_kept_model(self) -> None:
+        """Forget the weights :meth:`keep_model` kept, when the round goes on with its last
+        model instead: one model's memory back before the round's selection."""
+        self._kept_model = None
+
     def model_state(self) -> dict[str, torch.Tensor]:
         """A copy of the model's weights alone (CPU tensors, unaffected by further training):
         what a scorer needs to score like this learner, or a kept best model."""

@@ -172,7 +172,22 @@ def test_round_model_best_goes_on_with_each_rounds_best_validation(tiny_config_v
     cfg = build_config(_values(tiny_config_values, tmp_path, rounds=2, round_steps=6, eval_every=2,
                                round_model="best", loop="retrain"))
     run = ActiveLearningRun(cfg, tmp_path / "run", log=lines.append, tensorboard=False)
+    ends: list[tuple[str, bool]] = []  # per round: which model it went on with; kept weights left?
+    round_model = run._round_model
+
+    def spied(ev):
+        chosen = round_model(ev)
+        ends.append(("last" if chosen is ev else "best", run.learner._kept_model is not None))
+        return chosen
+
+    run._round_model = spied
     rows = run.execute()
+    # on this data both rounds go on with a validation's model; no copy stays behind in the learner
+    assert ends == [("best", False), ("best", False)]
+    run.learner.keep_model()  # and when the round's last model beats the kept validation's:
+    run._round_best = {"miou": -1.0, "step": 0, "eval": None}
+    last = run.learner.evaluate()
+    assert run._round_model(last) is last and run.learner._kept_model is None
     seen: dict[int, list[float]] = {1: [], 2: []}
     for line in lines:
         if "validation mIoU" in line:

@@ -266,6 +266,40 @@ def test_killed_trial_process_resumes_from_its_last_round(uninterrupted, tmp_pat
     _assert_same_final_state(reference, storage)
 
 
+def test_killed_scorer_mid_round_trial_recovers_with_the_same_labelled_set(uninterrupted, tmp_path):
+    """SIGKILL one of a trial's 2 scorer actors while it works for round 2's selection: the
+    trial restarts from round 1's checkpoint and ends with exactly the labelled set and
+    metrics of the uninterrupted trial (which scored on its learner alone: fanning out
+    changes no pick)."""
+    import signal
+    import threading
+
+    space, reference = uninterrupted
+    storage, seen = tmp_path / "killed", {}
+
+    def killer() -> None:
+        results = storage / "tiny" / "results"
+        deadline = time.time() + 300
+        while time.time() < deadline and not list(results.glob("*-round001.parquet")):
+            time.sleep(0.01)
+        while time.time() < deadline:  # a scorer busy with a call: round 2's selection has begun
+            busy = _processes_titled("ray::ScorerActor.call")
+            if busy:
+                seen["round_two_done_before_kill"] = bool(list(results.glob("*-round002.parquet")))
+                os.kill(busy[0], signal.SIGKILL)
+                seen["killed"] = 1
+                return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6"]
+    assert main(args) == 0
+    thread.join(timeout=60)
+    assert seen.get("killed") == 1 and not seen["round_two_done_before_kill"]
+    _assert_same_final_state(reference, storage)
+
+
 def test_killed_driver_then_resume_finishes_with_one_row_per_trial_round(tmp_path, tiny_config_values):
     """SIGKILL `halo-ray search` (and the local Ray it started) mid-search; `--resume` finishes it."""
     import signal

@@ -134,6 +134,13 @@ class LearnerActor(Hosted):
         return process_started_at()
 
 
+class ScorerActor(LearnerActor):
+    """A trial's scorer: a :class:`LearnerActor` that never trains (:class:`FanOutScorer`).
+
+    A class of its own so that its process is titled ``ray::ScorerActor`` (``ps``, ``ray
+    list actors``), told apart from the learner it takes its weights from."""
+
+
 class PoolActor(Hosted):
     """A trial's label pool (:func:`~halo_ray.splits.open_pool`), over images of the given shapes."""
 
@@ -181,10 +188,10 @@ def _pinned(bundle: int) -> PlacementGroupSchedulingStrategy:
 class FanOutScorer:
     """Scores target-train images on several scorer actors at once, with the learner's weights.
 
-    A scorer is a :class:`LearnerActor` that never trains: before scoring a round it takes
-    the learner's current weights (passed between actors through the object store, not
-    through this process). Images are split into contiguous chunks, one per scorer, and the
-    maps come back in the order asked for.
+    A scorer is a :class:`ScorerActor` (a learner actor that never trains): before scoring a
+    round it takes the learner's current weights (passed between actors through the object
+    store, not through this process). Images are split into contiguous chunks, one per
+    scorer, and the maps come back in the order asked for.
     """
 
     def __init__(self, learner: Any, scorers: Sequence[Any], timeout_s: float | None = None):
@@ -308,8 +315,9 @@ class TrialActors:
 
 
 def _learner_actor(cfg: ExperimentConfig, resources: TrialResources, bundle: int) -> Any:
+    """The trial's learner in bundle 1, a scorer in a later bundle."""
     return (
-        ray.remote(LearnerActor)
+        ray.remote(LearnerActor if bundle == 1 else ScorerActor)
         .options(
             num_cpus=resources.learner_cpus, num_gpus=resources.learner_gpus, scheduling_strategy=_pinned(bundle),
             runtime_env=learner_runtime_env(),  # a warm process when one waits (halo_ray.distributed.warm)
@@ -345,6 +353,6 @@ def start_trial_actors(cfg: ExperimentConfig, resources: TrialResources) -> Tria
 
 
 __all__ = [
-    "ActorProxy", "FanOutScorer", "Hosted", "LearnerActor", "PoolActor", "TrialActors", "TrialResources",
+    "ActorProxy", "FanOutScorer", "Hosted", "LearnerActor", "PoolActor", "ScorerActor", "TrialActors", "TrialResources",
     "start_trial_actors",
 ]

@@ -365,7 +365,10 @@ class ActiveLearningRun:
         validations when the last one does not beat it (the released multi-class query acquires
         with, reports and pseudo-labels from the best checkpoint of each round); its evaluation."""
         best, self._round_best = self._round_best, None
-        if best is None or improves(ev.miou, best):
+        if best is None:
+            return ev
+        if improves(ev.miou, best):
+            self.learner.drop_kept_model()
             return ev
         self.learner.load_kept_model()
         self.log(f"round {self.round}/{self.cfg.rounds}: going on with the validation at step {best['step']} "
