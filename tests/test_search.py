@@ -301,13 +301,26 @@ def test_killed_scorer_mid_round_trial_recovers_with_the_same_labelled_set(unint
 
 
 def test_killed_driver_then_resume_finishes_with_one_row_per_trial_round(tmp_path, tiny_config_values):
-    """SIGKILL `halo-ray search` (and the local Ray it started) mid-search; `--resume` finishes it."""
+    """SIGKILL `halo-ray search` (and the local Ray it started) mid-search; `--resume` finishes
+    it with one row per (trial, round), and every trial's labelled set and metrics equal those
+    of the same search run without the kill."""
     import signal
 
+    import torch
+
+    from halo_ray.distributed.search import trial_checkpoint
+    from halo_ray.run import load_checkpoint
+
     space = _space(tmp_path, tiny_config_values, rounds=3, round_steps=25)
-    storage = tmp_path / "runs"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0"}
-    cmd = [sys.executable, "-m", "halo_ray.cli", "search", str(space), "--storage", str(storage)]
+
+    def command(storage: Path) -> list[str]:
+        return [sys.executable, "-m", "halo_ray.cli", "search", str(space), "--storage", str(storage)]
+
+    clean = subprocess.run(command(tmp_path / "clean"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    storage = tmp_path / "runs"
+    cmd = command(storage)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     results, tune_dir = storage / "tiny" / "results", storage / "tiny" / "tune"
@@ -328,8 +341,23 @@ def test_killed_driver_then_resume_finishes_with_one_row_per_trial_round(tmp_pat
     frame = pd.read_parquet(results)
     assert len(frame) == 2 * 4 and not frame.duplicated(["trial_id", "round"]).any()
     assert sorted(frame.groupby("trial_id")["round"].max()) == [3, 3]
-    final = frame[frame["round"] == 3]
-    assert (final["labelled_pct"] > 0).all()
+
+    def by_strategy(folder: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+        rows = pd.read_parquet(folder / "tiny" / "results").sort_values(["strategy", "round"]).reset_index(drop=True)
+        pools = {
+            strategy: load_checkpoint(trial_checkpoint(folder / "tiny", trial))["pool"]
+            for strategy, trial in rows.groupby("strategy")["trial_id"].first().items()
+        }
+        return rows, pools
+
+    (rows_a, pools_a), (rows_b, pools_b) = by_strategy(tmp_path / "clean"), by_strategy(storage)
+    same = ["strategy", "round", "labelled_pixels", "void_pixels", "labelled_pct", "miou", "pixel_acc"]
+    pd.testing.assert_frame_equal(rows_a[same], rows_b[same])
+    assert sorted(pools_a) == sorted(pools_b) == ["halo", "random"]
+    for strategy, pool in pools_a.items():  # the same labelled sets, pixel for pixel
+        for key, va in pool.items():
+            vb = pools_b[strategy][key]
+            assert torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb, (strategy, key)
 
 
 def test_fan_out_scorers_score_with_the_learners_current_weights(ray_session, tiny_config_values):
