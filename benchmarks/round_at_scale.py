@@ -10,18 +10,19 @@ this process. Side by side:
   selection itself and calls ``reveal`` - three blocking calls and ~10 MB per image;
 * **new path** (``ActiveLearningRun.select_round``): per chunk of images the pool's earlier
   centres, the learner's ``select`` (scores and picks where the maps are) and the pool's
-  ``reveal_many`` - only centres travel;
+  ``reveal_many``, done while the learner scores the next chunk - only centres travel;
 * **scoring alone**: the learner's ``select`` with no picks (scores computed, nothing selected).
 
 Printed per path: bytes through the object store per image (what the driver receives and
-sends), actor calls per round, the driver's CPU seconds and the wall per image. The picks of
-the two paths are compared (they must be identical). Last line::
+sends), actor calls per round, the driver's CPU seconds and the wall per image. The new path
+and scoring alone run ``--repeats`` times, interleaved, each new round on a fresh pool (their
+walls are medians). The picks of the two paths are compared (they must be identical). Last line::
 
     round at scale: bytes P % of the old path, wall X x scoring alone
 
 Run from the repository root::
 
-    python benchmarks/round_at_scale.py              # 16 images, ~2 min on 2 cores
+    python benchmarks/round_at_scale.py              # 16 images, ~2.5 min on 2 cores
     python benchmarks/round_at_scale.py --images 64
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -55,9 +57,9 @@ def _nbytes(value) -> int:
 
 
 class Counted:
-    """A synchronous view of a trial's actor (``proxy.f(x)`` = ``ray.get(actor.call.remote("f", x))``,
-    as :class:`~halo_ray.distributed.actors.ActorProxy`) that counts the calls and the array bytes
-    sent and received by this process."""
+    """A view of a trial's actor as :class:`~halo_ray.distributed.actors.ActorProxy` gives it
+    (``proxy.f(x)`` = ``ray.get(actor.call.remote("f", x))``, ``begin``) that counts the calls
+    and the array bytes sent and received by this process."""
 
     def __init__(self, handle) -> None:
         self.handle = handle
@@ -74,6 +76,21 @@ class Counted:
             return out
 
         return call
+
+    def begin(self, name: str, *args, **kwargs):
+        """:meth:`ActorProxy.begin <halo_ray.distributed.actors.ActorProxy.begin>`, counted."""
+        import ray
+
+        ref = self.handle.call.remote(name, *args, **kwargs)
+        self.calls += 1
+        self.bytes += _nbytes(args) + _nbytes(kwargs)
+
+        def wait():
+            out = ray.get(ref)
+            self.bytes += _nbytes(out)
+            return out
+
+        return wait
 
 
 def _old_round(cfg, learner: Counted, pool: Counted, shapes, picks: int) -> None:
@@ -95,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=16, help="target images of 1024x2048 in the round")
     parser.add_argument("--chunk", type=int, default=2, help="eval_batch_size (a chunk is 4 batches)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of the new path and of scoring alone, interleaved (medians; default 3)")
     args = parser.parse_args()
 
     import ray
@@ -132,22 +151,27 @@ def main() -> None:
             results["old"] = (time.perf_counter() - wall, time.process_time() - cpu, learner.calls + pools["old"].calls,
                               learner.bytes + pools["old"].bytes)
 
-            run = ActiveLearningRun(cfg, root / "run", learner=learner, pool=pools["new"], log=lambda _: None,
-                                    tensorboard=False)
-            learner.calls = learner.bytes = 0
-            wall, cpu = time.perf_counter(), time.process_time()
-            run.select_round(1)
-            results["new"] = (time.perf_counter() - wall, time.process_time() - cpu, learner.calls + pools["new"].calls,
-                              learner.bytes + pools["new"].bytes)
-
-            learner.calls = learner.bytes = 0
-            wall = time.perf_counter()
             chunk = cfg.eval_batch_size * 4
-            for start in range(0, len(shapes), chunk):
-                batch = list(range(start, min(start + chunk, len(shapes))))
-                learner.select(1, batch, [0] * len(batch), [np.zeros((0, 2), np.int32)] * len(batch),
-                               suppression=cfg.suppression_size)
-            scoring = time.perf_counter() - wall
+            new_walls, scoring_walls = [], []
+            for k in range(args.repeats):  # interleaved: a slow spell of the machine hits both alike
+                pool = pools["new"] if k == 0 else Counted(ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes))
+                run = ActiveLearningRun(cfg, root / f"run{k}", learner=learner, pool=pool, log=lambda _: None,
+                                        tensorboard=False)
+                learner.calls = learner.bytes = 0
+                wall, cpu = time.perf_counter(), time.process_time()
+                run.select_round(1)
+                new_walls.append(time.perf_counter() - wall)
+                if k == 0:
+                    results["new"] = (new_walls[0], time.process_time() - cpu, learner.calls + pool.calls,
+                                      learner.bytes + pool.bytes)
+                wall = time.perf_counter()
+                for start in range(0, len(shapes), chunk):
+                    batch = list(range(start, min(start + chunk, len(shapes))))
+                    learner.select(1, batch, [0] * len(batch), [np.zeros((0, 2), np.int32)] * len(batch),
+                                   suppression=cfg.suppression_size)
+                scoring_walls.append(time.perf_counter() - wall)
+            results["new"] = (statistics.median(new_walls), *results["new"][1:])
+            scoring = statistics.median(scoring_walls)
 
             same = all(np.array_equal(pools["old"].centres(i, round=1), pools["new"].centres(i, round=1))
                        for i in range(len(shapes)))
@@ -159,7 +183,7 @@ def main() -> None:
     for name, (wall, cpu, calls, nbytes) in results.items():
         print(f"{name} path: {nbytes / n / 1e6:.3f} MB per image through the object store, {calls} actor calls, "
               f"driver CPU {cpu:.2f}s, wall {wall / n:.3f}s per image")
-    print(f"scoring alone: wall {scoring / n:.3f}s per image")
+    print(f"scoring alone: wall {scoring / n:.3f}s per image (new path and scoring alone: medians of {args.repeats})")
     print(f"round at scale: bytes {100 * results['new'][3] / results['old'][3]:.3f} % of the old path, "
           f"wall {results['new'][0] / scoring:.2f} x scoring alone")
     if not same:

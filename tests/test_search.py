@@ -678,6 +678,30 @@ def test_warm_learners_that_no_raylet_starts_are_reported_once_and_learners_star
     assert said[0].startswith("learner processes start cold: no raylet prestarted workers (node abababab")
 
 
+def test_a_begun_actor_call_runs_in_order_and_raises_its_error_when_waited_for(ray_session, tiny_config_values):
+    """``ActorProxy.begin`` (the pool reveals a chunk while the learner scores the next): the
+    call runs before any later call of the run (the next chunk's centres see it), its result
+    comes with the wait, and a failed call raises the pool's own error there."""
+    import ray
+
+    from halo_ray.config import build_config
+    from halo_ray.distributed.actors import ActorProxy, PoolActor
+
+    cfg = build_config(tiny_config_values)
+    shapes = [(64, 128)] * 3
+    pool = ActorProxy(ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes))
+    centres = np.array([[10, 20], [30, 40]], np.int32)
+    wait = pool.begin("reveal_many", 1, [1], [centres], region_size=cfg.region_size)
+    seen = pool.centres_of([0, 1])  # made after the begun call: runs after it
+    np.testing.assert_array_equal(seen[1], centres)
+    assert seen[0].shape == (0, 2)
+    [record] = wait()
+    assert (record.round, record.index, record.picks) == (1, 1, 2)
+    failed = pool.begin("reveal_many", 1, [7], [centres], region_size=cfg.region_size)
+    with pytest.raises(ValueError, match=r"index must be an integer in \[0, 2\] .* but got index=7"):
+        failed()
+
+
 def test_a_trials_process_runs_checkpoints_and_restores_rounds_without_torch(ray_session, tmp_path, tiny_config_values):
     """The run loop, in a fresh process driving real learner and pool actors as a trial's does,
     runs round 0 and a round with TensorBoard and pictures, makes a checkpoint and continues

@@ -13,7 +13,7 @@ so the actors import torch and load their data while the driver imports the run 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +150,7 @@ class PoolActor(Hosted):
 
 class ActorProxy:
     """Synchronous view of a :class:`Hosted` actor: ``proxy.f(x)`` is ``ray.get(actor.call.remote("f", x))``
-    (and :meth:`handover` the reference without the ``ray.get``).
+    (:meth:`handover` the reference without the ``ray.get``, :meth:`begin` the ``ray.get`` later).
 
     The run calls its learner and pool through plain method calls; this proxy lets it do
     so unchanged when they are actors.
@@ -165,6 +165,14 @@ class ActorProxy:
         actor's call (Ray resolves a top-level reference argument in the callee): the pool's
         state goes to the learner that writes the checkpoint without passing through the trial."""
         return self._handle.call.remote(method, *args, **kwargs)
+
+    def begin(self, method: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+        """Start ``target.<method>(...)`` and return a function that waits for its result (and
+        raises its error): the run goes on while the actor works, e.g. the pool reveals a
+        chunk's picks while the learner scores the next chunk. The actor runs its calls in
+        the order they were made."""
+        ref = self._handle.call.remote(method, *args, **kwargs)
+        return lambda: ray.get(ref, timeout=self._timeout_s)
 
     def __getattr__(self, name: str):
         if name.startswith("__"):  # copy/pickle protocol probes: not the target's methods

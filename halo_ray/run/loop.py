@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -218,8 +218,9 @@ class ActiveLearningRun:
         Per chunk three calls: the pool's earlier centres of the chunk (the compact
         suppression state), the scorer's :meth:`~halo_ray.learner.Learner.select` (scores and
         greedy picks where the maps are, on the model's device), and the pool's
-        ``reveal_many``. Only centres travel, never a full-resolution map (except the score
-        maps of the ``log_images`` pictures). Scores, picks and the budget are in native label
+        ``reveal_many``, which a pool actor works on while the next chunk is scored. Only
+        centres travel, never a full-resolution map (except the score maps of the
+        ``log_images`` pictures). Scores, picks and the budget are in native label
         pixels (whatever ``target_size``).
         """
         cfg = self.cfg
@@ -234,15 +235,22 @@ class ActiveLearningRun:
         shown = [i for i in range(min(cfg.log_images, len(self.shapes))) if i in todo]
         scores_shown: dict[int, np.ndarray] = {}
         chunk = max(cfg.eval_batch_size, 1) * 4
-        for start in range(0, len(todo), chunk):
-            batch = todo[start : start + chunk]
-            prior = self.pool.centres_of(batch)
+        batches = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+        prior = self.pool.centres_of(batches[0]) if batches else []
+        revealed: Callable[[], Any] | None = None  # waits for the previous chunk's reveal
+        for k, batch in enumerate(batches):
             centres, kept = self.scorer.select(
                 r, batch, [picks[self.shapes[i]] for i in batch], prior, suppression=cfg.suppression_size,
                 keep=[i for i in batch if i in shown],
             )
-            self.pool.reveal_many(r, batch, centres, region_size=cfg.region_size, unit=cfg.unit)
+            if k + 1 < len(batches):  # the next chunk's images are others: this chunk's reveal changes none of theirs
+                prior = self.pool.centres_of(batches[k + 1])
+            if revealed is not None:  # the previous chunk's, done while this chunk was scored (its error raised here)
+                revealed()
+            revealed = _begun(self.pool, "reveal_many", r, batch, centres, region_size=cfg.region_size, unit=cfg.unit)
             scores_shown.update(kept)
+        if revealed is not None:
+            revealed()
         if shown:
             self.recorder.selection(
                 r, self.step, self.learner.snapshot(shown), [scores_shown[i] for i in shown], shown, self.names,
@@ -464,6 +472,17 @@ def _handed_over(target: object, method: str) -> object:
     (:meth:`~halo_ray.distributed.actors.ActorProxy.handover`), an in-process object's is the value."""
     handover = getattr(target, "handover", None)
     return handover(method) if handover is not None else getattr(target, method)()
+
+
+def _begun(target: object, method: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """``target.<method>(...)`` started, and a function that waits for its result: an actor
+    works meanwhile (:meth:`~halo_ray.distributed.actors.ActorProxy.begin`), an in-process
+    object's call is done before this returns."""
+    begin = getattr(target, "begin", None)
+    if begin is not None:
+        return begin(method, *args, **kwargs)
+    out = getattr(target, method)(*args, **kwargs)
+    return lambda: out
 
 
 def _check_budget_fits(cfg: ExperimentConfig, shapes: Sequence[tuple[int, int]]) -> None:
