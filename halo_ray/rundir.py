@@ -84,7 +84,7 @@ def claim_run_directory(path: str | Path, *, resume: bool | None, flag: str = "-
             f"{flag} {path} is a non-empty folder that is not a halo_ray run (no {MARKER_FILE}); "
             f"halo_ray writes only into its own runs: choose another {flag}"
         )
-    created = not path.exists()
+    created = [p for p in (path, *path.parents) if not p.exists()]  # this folder and the parents made for it
     path.mkdir(parents=True, exist_ok=True)
     lock_path = path / LOCK_FILE
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -108,21 +108,22 @@ def claim_run_directory(path: str | Path, *, resume: bool | None, flag: str = "-
             yield path
         except BaseException:
             if fresh and {p.name for p in path.iterdir()} <= {MARKER_FILE, LOCK_FILE}:
-                _unclaim(path, remove_dir=created)  # failed before writing anything: leave no trace
+                _unclaim(path, made=created)  # failed before writing anything: leave no trace
             raise
     finally:
         os.close(fd)  # releases the lock
 
 
-def _unclaim(path: Path, *, remove_dir: bool) -> None:
-    """Remove the marker and lock of a run that wrote nothing else (and the folder it made)."""
+def _unclaim(path: Path, *, made: list[Path]) -> None:
+    """Remove the marker and lock of a run that wrote nothing else, and the folders ``made``
+    for it (the run's own, then its new parents), innermost first, each only while empty."""
     (path / MARKER_FILE).unlink(missing_ok=True)
     (path / LOCK_FILE).unlink(missing_ok=True)
-    if remove_dir:
+    for folder in made:
         try:
-            path.rmdir()
-        except OSError:
-            pass
+            folder.rmdir()
+        except OSError:  # something else is in it now: it stays, and so do its parents
+            break
 
 
 def _write_marker(marker: Path) -> None:

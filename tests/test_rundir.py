@@ -91,3 +91,19 @@ def test_out_under_a_regular_file_is_bad_input(tmp_path, capsys):
     code = main(["run", str(ROOT / "experiments" / "synthetic.yaml"), "--out", str(tmp_path / "afile" / "run")])
     assert code == 2
     assert "afile is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_writing_removes_the_parent_folders_it_made(tmp_path):
+    """A claim of ``a/b/c`` that fails before the run writes anything leaves no folder it made
+    behind; a parent that was there, or that something else wrote into meanwhile, stays."""
+    with pytest.raises(KeyError, match="boom"):
+        with claim_run_directory(tmp_path / "a" / "b" / "c", resume=False):
+            raise KeyError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KeyError):
+        with claim_run_directory(tmp_path / "kept" / "b" / "c", resume=False) as run:
+            (run.parent / "other.txt").write_text("someone else's")  # b is no longer empty
+            raise KeyError("boom")
+    assert _tree(tmp_path) == [("kept", None), ("kept/b", None), ("kept/b/other.txt", b"someone else's")]
