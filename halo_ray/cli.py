@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--layout", required=True, choices=["gtav", "synthia", "cityscapes", "acdc"])
     check.add_argument("--split", help="cityscapes/acdc split to check (default: every labelled split present)")
     check.add_argument("--conditions", nargs="+", help="acdc conditions (default: every condition present)")
-    check.add_argument("--workers", type=int, help="decoding processes (default: one per CPU; 1: no pool)")
+    check.add_argument("--workers", type=int, help="decoding processes (default: one per CPU this process may use; 1: no pool)")
     check.add_argument(
         "--verify-images", action="store_true", help="check every chunk of every image (slower; default: header and end)"
     )
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", default="runs/cache/superpixels", help="cache root (default: runs/cache/superpixels)"
     )
     superpixels.add_argument(
-        "--workers", type=int, help="images segmented in parallel (default: one per CPU, fewer if memory is short)"
+        "--workers", type=int, help="images segmented in parallel (default: one per CPU this process may use, fewer if memory is short)"
     )
     superpixels.set_defaults(func=cmd_data_superpixels)
     return parser

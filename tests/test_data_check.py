@@ -382,3 +382,24 @@ def test_an_archive_s_own_top_folder_is_read_through_and_named(tmp_path, capsys)
         (tmp_path / "copy" / sub).mkdir(parents=True)
     with pytest.raises(DatasetError, match="does not hold the synthia layout"):
         check_dataset(tmp_path, "synthia", workers=1)
+
+
+def test_worker_pools_default_to_the_cpus_this_process_may_use():
+    """A process confined to one CPU (``taskset``, a container's or a batch job's cpuset)
+    checks the dataset and segments superpixels with one worker, not one per machine CPU."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+from halo_ray.data.check import _check_workers
+from halo_ray.data.cpus import usable_cpus
+from halo_ray.data.superpixels import _default_workers
+print(usable_cpus(), _check_workers(None), _default_workers((64, 128), "grid", 32))
+"""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1", "1"]

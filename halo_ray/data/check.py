@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from halo_ray.data.cpus import usable_cpus
 from halo_ray.data.labels import (
     CITYSCAPES_CLASSES,
     IGNORE_INDEX,
@@ -509,9 +510,9 @@ def _results(
 
 
 def _check_workers(workers: Any) -> int:
-    """None → one per CPU; else an integer >= 1."""
+    """None → one per CPU this process may use; else an integer >= 1."""
     if workers is None:
-        return max(1, os.cpu_count() or 1)
+        return usable_cpus()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be None or an integer >= 1, but got workers={workers!r}")
     return int(workers)

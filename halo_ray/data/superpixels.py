@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from halo_ray.atomic import atomic_write_bytes
+from halo_ray.data.cpus import usable_cpus
 from halo_ray.data.layouts import DatasetError
 
 __all__ = [
@@ -642,8 +643,9 @@ def _memory_per_image(height: int, width: int, method: str, n: int) -> int:
 
 
 def _default_workers(largest: tuple[int, int], method: str, n: int | None) -> int:
-    """One thread per CPU, fewer when memory would not hold that many images at once."""
-    cpus = max(1, os.cpu_count() or 1)
+    """One thread per CPU this process may use, fewer when memory would not hold that many
+    images at once."""
+    cpus = usable_cpus()
     available = _available_memory()
     if available is None:
         return cpus

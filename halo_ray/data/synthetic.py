@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from halo_ray.data.cpus import usable_cpus
 from halo_ray.data.labels import (
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -1218,14 +1219,6 @@ def _write_tree(
             done.result()
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (its affinity where the OS reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def generate_benchmark(
     out_dir: str | Path,
     *,
@@ -1279,7 +1272,7 @@ def generate_benchmark(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, but got seed={seed!r}")
     if workers is None:
-        workers = _usable_cpus()
+        workers = usable_cpus()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive integer, but got workers={workers!r}")
     layouts = ("gtav", "cityscapes", "acdc")
