@@ -198,6 +198,48 @@ def test_many_chunks_of_candidates_match_the_reference():
     assert [tuple(p) for p in centres.tolist()] == ref
 
 
+def test_partial_selection_on_large_maps_is_exact():
+    """The CPU's sampled bound (maps of 64k+ pixels) finds exactly the k-th largest, with ties,
+    with most entries -inf, and when the sample sees only the largest entries (the bound
+    misjudges and the whole map is partitioned)."""
+    import numpy as np
+
+    from halo_ray.acquisition.selection import _SAMPLE_SIZE, _kth_largest
+
+    gen = torch.Generator().manual_seed(7)
+    n = 300_000
+    stride = n // _SAMPLE_SIZE
+    uniform = torch.rand(n, generator=gen)
+    ties = torch.randint(0, 50, (n,), generator=gen).to(torch.float32)
+    mostly_unavailable = torch.where(torch.rand(n, generator=gen) < 0.9, torch.tensor(-math.inf), uniform)
+    sampled_high = torch.zeros(n)
+    sampled_high[::stride] = 1.0 + torch.rand(len(sampled_high[::stride]), generator=gen)  # the sample: all high
+    for values in (uniform, ties, mostly_unavailable, sampled_high, uniform.double()):
+        finite = int(torch.isfinite(values).sum())
+        for k in (1, 37, 4096, 37_296, finite // 2, finite):
+            assert _kth_largest(values, k) == float(np.sort(values.numpy())[-k]), (values.dtype, k)
+
+
+def test_large_maps_with_plateaus_and_earlier_picks_match_the_reference():
+    """The CPU path over maps large enough for the sampled bound: the reference's centres,
+    plateau ties included (column-major order), and a [1, W] map (a view when flattened) is
+    left as the caller gave it."""
+    gen = torch.Generator().manual_seed(11)
+    score = (torch.rand((320, 400), generator=gen) * 20).floor() / 20  # 20 levels: plateaus everywhere
+    active = torch.rand((320, 400), generator=gen) < 0.3
+    centres = select_centres(score, picks=300, suppression=5, active=active)
+    ref, _, _ = reference_greedy(score, active, 300, 1, 5)
+    assert [tuple(p) for p in centres.tolist()] == ref
+    row = torch.rand((1, 70_000), generator=gen)
+    given_row = row.clone()
+    row_active = torch.zeros_like(row, dtype=torch.bool)
+    row_active[0, ::3] = True
+    centres = select_centres(row, picks=40, suppression=3, active=row_active)
+    ref, _, _ = reference_greedy(row, row_active, 40, 1, 3)
+    assert [tuple(p) for p in centres.tolist()] == ref
+    assert torch.equal(row, given_row)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -35,6 +35,10 @@ _CANDIDATES_PER_PICK = 16
 _MIN_CHUNK = 4096
 # A chunk that runs dry is followed by one this many times larger.
 _CHUNK_GROWTH = 4
+# Entries of the strided sample that bounds a CPU partial selection (``_kth_largest``), and
+# how many sample ranks below the expected one the bound goes.
+_SAMPLE_SIZE = 32768
+_SAMPLE_MARGIN = 64
 # Candidates screened per vectorised gather in the walk (doubling up to the maximum).
 _WALK_BATCH = 256
 _WALK_BATCH_MAX = 8192
@@ -125,11 +129,24 @@ def square_mask(centres: torch.Tensor, shape: tuple[int, int], side: int) -> tor
 
 
 def _kth_largest(values: torch.Tensor, k: int) -> float:
-    """The k-th largest entry of a 1-D tensor (a partial selection, not a full sort)."""
-    if values.device.type == "cpu":
-        flat = values.numpy()
-        return float(np.partition(flat, flat.size - k)[flat.size - k])
-    return float(torch.topk(values, k, sorted=False).values.min())
+    """The k-th largest entry of a 1-D tensor (a partial selection, not a full sort).
+
+    On the CPU a strided sample first gives a bound ``floor`` that at least ``k`` entries
+    reach; the k-th largest of those entries is the k-th largest of all (every entry at or
+    above it is among them), so only they are partitioned. When the sample misjudges, the
+    whole tensor is."""
+    if values.device.type != "cpu":
+        return float(torch.topk(values, k, sorted=False).values.min())
+    flat = values.numpy()
+    stride = flat.size // _SAMPLE_SIZE
+    if stride >= 2:
+        sample = flat[::stride]
+        rank = min(sample.size, 2 * (k // stride) + _SAMPLE_MARGIN)  # a generous quantile: a low floor
+        floor = np.partition(sample, sample.size - rank)[sample.size - rank]
+        above = flat[flat >= floor]
+        if above.size >= k:
+            flat = above
+    return float(np.partition(flat, flat.size - k)[flat.size - k])
 
 
 def _walk(
@@ -171,11 +188,13 @@ def _candidates(score: torch.Tensor, active: torch.Tensor | None) -> tuple[torch
     values = score.t().reshape(-1)
     if values.dtype not in (torch.float32, torch.float64):
         values = values.to(torch.float32)
-    available = values > -math.inf
+    elif values.data_ptr() == score.data_ptr():  # a view ([1, W] or [H, 1] maps): not ours to write
+        values = values.clone()
+    unavailable = values == -math.inf  # no NaN: _check_score refused it
     if active is not None:
-        available &= ~active.t().reshape(-1)
-    values = torch.where(available, values, torch.full_like(values, -math.inf))
-    return values, int(torch.count_nonzero(available))
+        unavailable |= active.t().reshape(-1)
+    values.masked_fill_(unavailable, -math.inf)
+    return values, values.numel() - int(torch.count_nonzero(unavailable))
 
 
 def _candidate_chunks(values: torch.Tensor, n_available: int, picks: int) -> Iterator[torch.Tensor]:
