@@ -30,9 +30,12 @@ from halo_ray.metrics import Evaluation
 from halo_ray.multiclass import (
     REGION_STRATEGIES,
     batch_class_mean,
+    combine_region_scores,
     pseudo_labels,
+    random_scores,
     region_means,
     region_terms,
+    select_regions,
 )
 from halo_ray.sampling import ClassBalancedSampler, image_seed
 from halo_ray.splits import (
@@ -160,6 +163,7 @@ class Learner:
         #: unit multiclass: the target-train superpixels (filled ahead by the run) and region counts
         self._superpixels = superpixel_source(cfg) if cfg.unit == "multiclass" else None
         self._region_counts: list[int] | None = None
+        self._region_costs: np.ndarray | None = None  # set_region_costs: clicks per region [N, R]
         self._source_state: dict | None = None  # the source pre-trained state (load_source)
         self._kept_model: dict[str, torch.Tensor] | None = None  # keep_model's copy of the weights
 
@@ -422,6 +426,61 @@ class Learner:
                 means.append(region_means(score.unsqueeze(0), spx, num_regions=num_regions))
                 dominant.append(torch.zeros(1, num_regions, dtype=torch.int64))
         return torch.cat(means), torch.cat(dominant)
+
+    def set_region_costs(self, rows: Sequence[np.ndarray]) -> None:
+        """Unit multiclass: each image's clicks per region (:meth:`RegionPool.costs_of
+        <halo_ray.region_pool.RegionPool.costs_of>` of every image, in index order), kept here
+        for :meth:`rank_regions` (a run sends them once)."""
+        counts = self.region_counts()
+        if len(rows) != len(counts):
+            raise ValueError(f"set_region_costs needs one row per target image: {len(rows)} for {len(counts)}")
+        table = np.zeros((len(counts), max(counts, default=0)), np.int64)
+        for i, row in enumerate(rows):
+            table[i, : counts[i]] = row
+        self._region_costs = table
+
+    def pixbal_prior(self, *parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Unit multiclass, PixBal: the released prior from every image's :meth:`class_means`
+        (``parts``: lists of them, in index order): the mean of per-batch means over batches
+        of ``eval_batch_size`` images."""
+        per_image = torch.stack([m for part in parts for m in part])
+        step = max(self.cfg.eval_batch_size, 1)
+        return torch.stack([per_image[s : s + step].mean(0) for s in range(0, len(per_image), step)]).mean(0)
+
+    def rank_regions(
+        self, round_index: int, available: np.ndarray, *parts: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[np.ndarray, int]:
+        """Unit multiclass: rank every region of the pool and pick the best within the round's
+        click budget (``clicks_per_round``), here where the terms are: ``(order [M, 2] of
+        (image, region) rows in pick order, clicks)``.
+
+        ``available``: bool ``[N, R]`` (:meth:`RegionPool.available_table
+        <halo_ray.region_pool.RegionPool.available_table>`); ``parts``: :meth:`region_terms` of
+        consecutive images covering the pool (none for the random strategy, and for the released
+        first round, which is random). PixBal's prior and BvSB's normalisation are statistics of
+        the whole pool, so the whole pool is ranked at once.
+        """
+        cfg = self.cfg
+        if self._region_costs is None:
+            raise ValueError("rank_regions needs the regions' click costs first (set_region_costs)")
+        n, width = self._region_costs.shape
+        strategy = "random" if cfg.reference and round_index == 1 else cfg.strategy
+        if strategy == "random":
+            scores = random_scores((n, width), torch.Generator().manual_seed(image_seed(cfg.seed, round_index, 0)))
+        else:
+            means, dominant = torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
+            if strategy in REGION_STRATEGIES:  # with an "undefined" output, regions it dominates score 0
+                scores = combine_region_scores(
+                    strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES) + int(cfg.undefined_output),
+                    ban_void=cfg.undefined_output,
+                )
+            else:
+                scores = means
+        order, clicks = select_regions(
+            scores, self._region_costs[..., None], budget=cfg.clicks_per_round, available=available,
+            reference=cfg.reference,
+        )
+        return np.asarray(order, np.int64).reshape(-1, 2), int(clicks)
 
     def _pseudo_maps(self):
         """(index, pseudo labels int64 ``[H, W]`` at the native size, 255 = none) of every image

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from halo_ray.names import REGION_STRATEGIES
+from halo_ray.region_answers import VOID, answer_table
 
 #: the released code's ``eps`` inside every ``-log(p + eps)``
 LOG_EPS = 1e-8
@@ -37,7 +38,6 @@ BVSB_EPS = 1e-8
 #: the region scores :func:`region_scores` computes
 #: the released stage-1 loss weights: cross-entropy, merged positive, prototypical pixel
 LOSS_WEIGHTS = (16.0, 8.0, 1.0)
-VOID = 255
 
 
 def _tensor(x: Any, *, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -64,67 +64,16 @@ def _num_regions(superpixels: torch.Tensor, num_regions: int | None) -> int:
 # the oracle
 
 
-def trimmed_region_mask(superpixels: np.ndarray, trim: int) -> np.ndarray:
-    """Pixels that count for a region's label: all but a band of ``trim`` px around borders.
-
-    The released rule: "thick" boundaries (a pixel whose 4-neighbour inside the image has
-    another id; no boundary at the image border), dilated by a ``trim``×``trim`` square. 0 keeps
-    every pixel.
-    """
-    if trim == 0:
-        return np.ones(superpixels.shape, dtype=bool)
-    from scipy.ndimage import binary_dilation
-
-    spx = np.asarray(superpixels)
-    edge = np.zeros(spx.shape, dtype=bool)
-    vertical = spx[1:] != spx[:-1]
-    horizontal = spx[:, 1:] != spx[:, :-1]
-    edge[1:] |= vertical
-    edge[:-1] |= vertical
-    edge[:, 1:] |= horizontal
-    edge[:, :-1] |= horizontal
-    return ~binary_dilation(edge, structure=np.ones((trim, trim), dtype=bool))
-
-
 def region_labels(
     label: Any, superpixels: Any, *, num_classes: int = 19, trim: int = 5
 ) -> tuple[Any, Any]:
-    """The multi-hot answer of every region of one image, and the pixels it was read from.
-
-    ``label`` ``[H,W]`` holds train ids ``0..num_classes-1`` and 255 for void. Returns
-    ``multihot`` uint8 ``[R, num_classes+1]`` (the last column: the region holds void) and
-    ``sizes`` int64 ``[R]``: the pixels the answer was read from — the region's interior after
-    trimming (:func:`trimmed_region_mask`), or all its pixels when the trim empties it (the
-    released fallback); 0 for an id without pixels. There is no minimum count: one pixel of a
-    class puts it in the answer. Returns numpy for numpy input, torch otherwise.
-    """
+    """The multi-hot answer of every region of one image, and the pixels it was read from:
+    :func:`halo_ray.region_answers.answer_table` (numpy, no torch), taking and giving torch
+    tensors too. Returns numpy for numpy input, torch otherwise."""
     as_numpy = not isinstance(label, torch.Tensor)
-    lab = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label)
-    spx = np.asarray(superpixels.cpu() if isinstance(superpixels, torch.Tensor) else superpixels)
-    if lab.ndim != 2 or spx.shape != lab.shape:
-        raise ValueError(
-            f"label and superpixels must be [H,W] of one shape, got {lab.shape} and {spx.shape}"
-        )
-    if trim < 0:
-        raise ValueError(f"trim must be >= 0, got {trim}")
-    lab = lab.astype(np.int64)
-    bad = np.unique(lab[(lab < 0) | ((lab >= num_classes) & (lab != VOID))])
-    if bad.size:
-        raise ValueError(
-            f"label holds {bad[:5].tolist()}: train ids must be 0..{num_classes - 1} or 255 (void)"
-        )
-    spx = spx.astype(np.int64)
-    num = _num_regions(torch.from_numpy(spx), None)
-    cls = np.where(lab == VOID, num_classes, lab)
-    width = num_classes + 1
-    key = spx * width + cls
-    every = np.bincount(key.ravel(), minlength=num * width).reshape(num, width)
-    keep = trimmed_region_mask(spx, trim)
-    inner = np.bincount(key[keep], minlength=num * width).reshape(num, width)
-    fallback = inner.sum(1) == 0
-    counts = np.where(fallback[:, None], every, inner)
-    multihot = (counts > 0).astype(np.uint8)
-    sizes = counts.sum(1).astype(np.int64)
+    lab = label.cpu().numpy() if isinstance(label, torch.Tensor) else label
+    spx = superpixels.cpu().numpy() if isinstance(superpixels, torch.Tensor) else superpixels
+    multihot, sizes = answer_table(lab, spx, num_classes=num_classes, trim=trim)
     if as_numpy:
         return multihot, sizes
     return torch.from_numpy(multihot), torch.from_numpy(sizes)

@@ -3,7 +3,7 @@
 A :class:`~halo_ray.region_pool.RegionPool` needs, for each image it ranks, what answering each
 region would cost (its multi-hot answer) and, for the regions it reveals, their answers and
 pixel counts. Reading them from ground truth means decoding the image's label map and running
-:func:`halo_ray.multiclass.region_labels` (the trimmed interiors): ~0.3 s per Cityscapes image,
+:func:`answer_table` (the trimmed interiors): ~0.3 s per Cityscapes image,
 so ~15 min for Cityscapes' 2,975 training images in every trial of a search. :class:`RegionAnswers`
 does it once: per image one small file under the superpixel cache folder, reused by every
 later trial and run, and recomputed when the label file or the superpixel file changed.
@@ -25,9 +25,74 @@ from typing import Any
 import numpy as np
 
 from halo_ray.atomic import atomic_write_bytes
-from halo_ray.multiclass import region_labels
 
-__all__ = ["RegionAnswers"]
+__all__ = ["VOID", "RegionAnswers", "answer_table", "trimmed_region_mask"]
+
+#: the void label id in train-id label maps
+VOID = 255
+
+
+def trimmed_region_mask(superpixels: np.ndarray, trim: int) -> np.ndarray:
+    """Pixels that count for a region's label: all but a band of ``trim`` px around borders.
+
+    The released rule: "thick" boundaries (a pixel whose 4-neighbour inside the image has
+    another id; no boundary at the image border), dilated by a ``trim``×``trim`` square. 0 keeps
+    every pixel.
+    """
+    if trim == 0:
+        return np.ones(np.shape(superpixels), dtype=bool)
+    from scipy.ndimage import binary_dilation
+
+    spx = np.asarray(superpixels)
+    edge = np.zeros(spx.shape, dtype=bool)
+    vertical = spx[1:] != spx[:-1]
+    horizontal = spx[:, 1:] != spx[:, :-1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return ~binary_dilation(edge, structure=np.ones((trim, trim), dtype=bool))
+
+
+def answer_table(label: Any, superpixels: Any, *, num_classes: int = 19, trim: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The multi-hot answer of every region of one image, and the pixels it was read from.
+
+    ``label`` ``[H,W]`` holds train ids ``0..num_classes-1`` and 255 for void. Returns
+    ``multihot`` uint8 ``[R, num_classes+1]`` (the last column: the region holds void) and
+    ``sizes`` int64 ``[R]``: the pixels the answer was read from — the region's interior after
+    trimming (:func:`trimmed_region_mask`), or all its pixels when the trim empties it (the
+    released fallback); 0 for an id without pixels. There is no minimum count: one pixel of a
+    class puts it in the answer. Numpy only: a label pool's process needs no torch.
+    """
+    lab, spx = np.asarray(label), np.asarray(superpixels)
+    if lab.ndim != 2 or spx.shape != lab.shape:
+        raise ValueError(
+            f"label and superpixels must be [H,W] of one shape, got {lab.shape} and {spx.shape}"
+        )
+    if trim < 0:
+        raise ValueError(f"trim must be >= 0, got {trim}")
+    lab = lab.astype(np.int64)
+    bad = np.unique(lab[(lab < 0) | ((lab >= num_classes) & (lab != VOID))])
+    if bad.size:
+        raise ValueError(
+            f"label holds {bad[:5].tolist()}: train ids must be 0..{num_classes - 1} or 255 (void)"
+        )
+    spx = spx.astype(np.int64)
+    if spx.size == 0:
+        raise ValueError("superpixels is empty")
+    lo = int(spx.min())
+    if lo < 0:
+        raise ValueError(f"superpixel ids must be >= 0, but the map holds {lo}")
+    num = int(spx.max()) + 1
+    cls = np.where(lab == VOID, num_classes, lab)
+    width = num_classes + 1
+    key = spx * width + cls
+    every = np.bincount(key.ravel(), minlength=num * width).reshape(num, width)
+    keep = trimmed_region_mask(spx, trim)
+    inner = np.bincount(key[keep], minlength=num * width).reshape(num, width)
+    fallback = inner.sum(1) == 0
+    counts = np.where(fallback[:, None], every, inner)
+    return (counts > 0).astype(np.uint8), counts.sum(1).astype(np.int64)
 
 
 class RegionAnswers:
@@ -95,7 +160,7 @@ class RegionAnswers:
         label = np.asarray(self.labels.load_label(index))
         if spx.shape != label.shape:
             raise ValueError(f"image {index}: superpixels {spx.shape} and labels {label.shape} differ in size")
-        multihot, _ = region_labels(label, spx, num_classes=self.num_classes, trim=self.trim)
+        multihot, _ = answer_table(label, spx, num_classes=self.num_classes, trim=self.trim)
         multihot = np.asarray(multihot, np.uint8)
         pixels = np.bincount(spx.reshape(-1), minlength=multihot.shape[0]).astype(np.int32)
         buffer = io.BytesIO()

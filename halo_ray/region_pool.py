@@ -2,7 +2,7 @@
 
 Where :class:`halo_ray.pool.LabelPool` reveals pixels in squares and charges pixels, a
 :class:`RegionPool` records, per image, the superpixels the annotator was shown, the classes
-they named (the multi-hot answer of :func:`halo_ray.multiclass.region_labels`, read from the
+they named (the multi-hot answer of :func:`halo_ray.region_answers.answer_table`, read from the
 region's trimmed interior) and the round, and charges one click per class named — the void
 bit included unless ``bill_void=False`` (the released Cityscapes code bills it, docs/multiclass.md).
 
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from halo_ray.multiclass import region_labels
 from halo_ray.pool import Oracle
+from halo_ray.region_answers import answer_table
 
 STATE_FORMAT = "halo_ray.RegionPool/1"
 
@@ -156,7 +156,7 @@ class RegionPool:
         label = np.asarray(self._to_numpy(self._oracle.labels(index)))
         if spx.shape != label.shape:
             raise ValueError(f"image {index}: superpixels {spx.shape} and labels {label.shape} differ in size")
-        multihot, _ = region_labels(label, spx, num_classes=self.num_classes, trim=self.trim)
+        multihot, _ = answer_table(label, spx, num_classes=self.num_classes, trim=self.trim)
         return multihot, np.bincount(spx.reshape(-1), minlength=multihot.shape[0])
 
     def costs(self, index: int) -> np.ndarray:

@@ -169,7 +169,7 @@ def test_region_answers_are_cached_beside_the_superpixels_and_recomputed_when_st
     def no_labels(*_args, **_kwargs):
         raise AssertionError("labels read although the answers are cached")
 
-    monkeypatch.setattr(module, "region_labels", no_labels)
+    monkeypatch.setattr(module, "answer_table", no_labels)
     again = RegionAnswers(spx, target, trim=3)  # another process, say
     for i in range(len(target)):
         np.testing.assert_array_equal(again(i)[0], first[i][0])
@@ -177,7 +177,7 @@ def test_region_answers_are_cached_beside_the_superpixels_and_recomputed_when_st
     # a label file that changed (its size or time) is read again
     label_file = target.label_path(0)
     os.utime(label_file, ns=(os.stat(label_file).st_atime_ns, os.stat(label_file).st_mtime_ns + 10**9))
-    monkeypatch.setattr(module, "region_labels", no_labels)
+    monkeypatch.setattr(module, "answer_table", no_labels)
     with pytest.raises(AssertionError, match="labels read"):
         again(0)
     monkeypatch.undo()

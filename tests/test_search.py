@@ -776,3 +776,69 @@ print(json.dumps(dict(torch="torch" in sys.modules, whole=run.last_row["miou"], 
     assert torch.equal(a["torch_rng"], b["torch_rng"])
     assert list((tmp_path / "whole" / "tensorboard").rglob("events.out.tfevents.*"))
     assert (tmp_path / "whole" / "snapshots").is_dir()
+
+
+def test_a_multiclass_trials_process_ranks_regions_without_torch(ray_session, tmp_path, tiny_config_values):
+    """Unit multiclass through real actors, as a trial drives them (PixBal over 2 scorer actors):
+    the scorers' region terms, PixBal's prior, the pool's costs, availability and answers go
+    from actor to actor, the learner ranks the pool and only the picks reach the trial's
+    process, which imports no torch. The rounds equal an in-process run's."""
+    from halo_ray.config import build_config
+    from halo_ray.run import ActiveLearningRun
+
+    values = {
+        **tiny_config_values, "unit": "multiclass", "strategy": "pixbal", "clicks_per_round": 30,
+        "superpixels": "grid", "num_superpixels": 32, "log_images": 0, "superpixel_cache": str(tmp_path / "spx"),
+        "rounds": 2, "round_steps": 3, "source_steps": 8,
+    }
+    cfg = build_config(values)
+    local = ActiveLearningRun(cfg, tmp_path / "local", log=lambda _: None, tensorboard=False).execute()
+    address = ray_session.get_runtime_context().gcs_address
+    code = f"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import ray
+ray.init(address={address!r}, log_to_driver=False)
+largest = []  # the largest array in each answer this process receives
+def size(value):
+    if isinstance(value, np.ndarray):
+        return value.size
+    if isinstance(value, (list, tuple)):
+        return max((size(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return max((size(v) for v in value.values()), default=0)
+    return 0
+original_get = ray.get
+def spy(refs, *args, **kwargs):
+    out = original_get(refs, *args, **kwargs)
+    largest.append(size(out))
+    return out
+ray.get = spy
+from halo_ray.config import build_config
+from halo_ray.distributed.actors import ActorProxy, FanOutScorer, LearnerActor, PoolActor, ScorerActor
+from halo_ray.run import ActiveLearningRun
+cfg = build_config(json.loads({json.dumps(values)!r}))
+learner = ray.remote(LearnerActor).options(num_cpus=0).remote(cfg)
+scorers = [ray.remote(ScorerActor).options(num_cpus=0).remote(cfg) for _ in range(2)]
+shapes = [tuple(s) for s in ray.get(learner.call.remote("target_shapes"))]
+pool = ray.remote(PoolActor).options(num_cpus=0).remote(cfg, shapes)
+run = ActiveLearningRun(cfg, Path({str(tmp_path / "actors")!r}), learner=ActorProxy(learner), pool=ActorProxy(pool),
+                        scorer=FanOutScorer(learner, scorers), log=lambda _: None, tensorboard=False)
+run.start_or_resume(resume=False)
+rows = []
+for r in (1, 2):
+    run.run_round(r)
+    rows.append(dict(run.last_row))
+run.close()
+print(json.dumps(dict(torch="torch" in sys.modules, largest=max(largest), calls=len(largest),
+                      rows=[{{k: row[k] for k in ("round", "miou", "clicks", "labelled_pct")}} for row in rows])))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False
+    images, regions = 8, 32  # the tiny benchmark's target-train images, grid superpixels each
+    assert seen["calls"] > 10 and seen["largest"] < images * regions  # no [N, R] table reached the trial
+    want = local[local["round"] >= 1][["round", "miou", "clicks", "labelled_pct"]].to_dict("records")
+    assert seen["rows"] == want

@@ -71,6 +71,41 @@ print(json.dumps(dict(torch="torch" in sys.modules, labelled=int(done["labelled_
     assert seen["labelled"] == (9 if unit == "region" else 1)
 
 
+def test_the_multiclass_pool_actor_answers_and_checkpoints_without_torch(tiny_config_values, tmp_path):
+    """The multi-class unit's pool actor (a RegionPool) fills and reads the region answers
+    from ground truth, hands out costs, availability and answers, reveals regions and
+    checkpoints and restores, without importing torch: the answers are numpy arithmetic
+    (:func:`halo_ray.region_answers.answer_table`)."""
+    from halo_ray.config import build_config
+    from halo_ray.splits import ensure_superpixels
+
+    values = {**tiny_config_values, "unit": "multiclass", "strategy": "pixbal", "clicks_per_round": 30,
+              "superpixels": "grid", "num_superpixels": 32, "superpixel_cache": str(tmp_path / "spx")}
+    ensure_superpixels(build_config(values), log=lambda _: None)
+    code = f"""
+import json, sys
+import numpy as np
+from halo_ray.config import build_config
+from halo_ray.distributed.actors import PoolActor
+cfg = build_config(json.loads({json.dumps(values)!r}))
+host = PoolActor(cfg, [(64, 128)] * 8)
+state0 = host.call("state_dict")
+counts = [int(len(c)) for c in host.call("costs_of", list(range(8)))]
+available = host.call("available_table", counts, before_round=1)
+host.call("reveal", 1, 0, np.array([0, 3]))
+answers = host.call("targets_of", [0], counts)
+again = PoolActor(cfg, [(64, 128)] * 8)
+again.call("load_state_dict", state0)
+again.call("load_state_dict", host.call("state_dict"))
+print(json.dumps(dict(torch="torch" in sys.modules, regions=counts, available=int(available.sum()),
+                      answered=int(answers[0][1].sum()), clicks=int(again.call("summary")["clicks"]))))
+"""
+    seen = _fresh(code)
+    assert seen["torch"] is False
+    assert seen["regions"] == [32] * 8 and seen["available"] == 8 * 32 and seen["answered"] == 2
+    assert seen["clicks"] > 0
+
+
 def test_a_trials_run_loop_imports_no_model_code_and_no_torch():
     """What ``run_trial`` imports while its actors start: the run loop drives the learner actor,
     so torch (~1 s of CPU), geoopt (with scipy.optimize), the models and the learner stay out of

@@ -166,6 +166,11 @@ class ActorProxy:
         state goes to the learner that writes the checkpoint without passing through the trial."""
         return self._handle.call.remote(method, *args, **kwargs)
 
+    def handover_parts(self, method: str, *args: Any) -> list[Any]:
+        """:meth:`handover` as the one part of a scorer that does not fan out
+        (:meth:`FanOutScorer.handover_parts`)."""
+        return [self.handover(method, *args)]
+
     def begin(self, method: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
         """Start ``target.<method>(...)`` and return a function that waits for its result (and
         raises its error): the run goes on while the actor works, e.g. the pool reveals a
@@ -229,13 +234,18 @@ class FanOutScorer:
 
     def _fan_out(self, method: str, round_index: int, indices: Sequence[int], *args: Any) -> list[Any]:
         """``scorer.<method>(round_index, chunk, *args)`` on contiguous chunks, results in order."""
+        return ray.get(self.handover_parts(method, round_index, indices, *args), timeout=self._timeout_s)
+
+    def handover_parts(self, method: str, round_index: int, indices: Sequence[int], *args: Any) -> list[Any]:
+        """``scorer.<method>(round_index, chunk, *args)`` on contiguous chunks, as references
+        in order for another actor's call (:meth:`ActorProxy.handover`): the unit multiclass's
+        region terms go from the scorers to the learner that ranks them, not through the trial."""
         self.sync(round_index)
         indices = list(indices)
-        refs = [
+        return [
             scorer.call.remote(method, round_index, indices[part], *args)
             for part, scorer in zip(self._parts(len(indices)), self._scorers, strict=False)
         ]
-        return ray.get(refs, timeout=self._timeout_s)
 
     def score(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
         """Score maps ``[H, W]`` in the order of ``indices``, computed in parallel."""

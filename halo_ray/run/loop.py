@@ -20,7 +20,6 @@ import pandas as pd
 
 from halo_ray.acquisition import picks_per_round
 from halo_ray.config import ConfigError, ExperimentConfig
-from halo_ray.data.labels import CITYSCAPES_CLASSES
 from halo_ray.metrics import Evaluation
 from halo_ray.pool import LabelPool
 from halo_ray.results import atomic_write_bytes, read_results
@@ -113,9 +112,8 @@ class ActiveLearningRun:
         if pool is None:
             pool = open_pool(cfg, self.shapes)
         self.pool = pool
-        #: unit multiclass: superpixels per image and every region's click cost (loaded on first use)
+        #: unit multiclass: superpixels per image (read on first use)
         self._regions: list[int] | None = None
-        self._costs: np.ndarray | None = None
         self.scorer = scorer if scorer is not None else self.learner
         self.round = 0
         self.step = 0
@@ -192,7 +190,7 @@ class ActiveLearningRun:
                 f"round {r}/{cfg.rounds}: {summary['clicks']} clicks of {r * cfg.clicks_per_round} allowed so far; "
                 f"answered superpixels cover {summary['labelled_pct']:.3f}% of target pixels"
             )
-            self.learner.add_answers(self.pool.targets_of(revealed, self._regions))
+            self.learner.add_answers(_handed_over(self.pool, "targets_of", revealed, self._region_counts()))
         else:
             self.select_round(r)
             summary = self.pool.summary()
@@ -257,66 +255,40 @@ class ActiveLearningRun:
                 [self.pool.round_map(i) for i in shown],
             )
 
-    def _region_facts(self) -> tuple[list[int], np.ndarray]:
-        """Unit multiclass: superpixels per image and each region's click cost ``[N, R]`` (0 past
-        an image's own regions), read once per run."""
+    def _region_counts(self) -> list[int]:
+        """Unit multiclass: superpixels per image, read once per run; the learner gets every
+        region's click cost from the pool then (pool to learner directly, for its ranking)."""
         if self._regions is None:
             self._regions = [int(n) for n in self.learner.region_counts()]
-            costs = np.zeros((len(self.shapes), max(self._regions)), np.int64)
-            step = 64  # images per pool call
-            for start in range(0, len(self.shapes), step):
-                for i, row in enumerate(self.pool.costs_of(list(range(start, min(start + step, len(self.shapes))))), start):
-                    costs[i, : self._regions[i]] = row
-            self._costs = costs
-        return self._regions, self._costs
+            self.learner.set_region_costs(_handed_over(self.pool, "costs_of", list(range(len(self.shapes)))))
+        return self._regions
 
     def select_round_multiclass(self, r: int) -> list[int]:
         """Unit multiclass: score every region of the pool, pick the best until the round's
         click budget (``clicks_per_round``) is spent, and show them to the annotator.
 
         The ranking runs over the whole pool at once (PixBal's prior and BvSB's normalisation
-        are pool statistics); regions answered in earlier rounds are out. A resumed round ranks
-        the same pool again, so its picks, and the pool's idempotent reveals, repeat. Returns
-        the images that got answers this round.
+        are pool statistics), in the learner (:meth:`~halo_ray.learner.Learner.rank_regions`):
+        the scorers' region terms, PixBal's prior and the pool's table of available regions go
+        there from actor to actor, and only the picks come back (a search trial imports no
+        torch). Regions answered in earlier rounds are out. A resumed round ranks the same
+        pool again, so its picks, and the pool's idempotent reveals, repeat. Returns the images
+        that got answers this round.
         """
-        import torch  # the ranking runs here, over the whole pool (squares and pixels: no torch)
-
-        from halo_ray.multiclass import (
-            REGION_STRATEGIES,
-            combine_region_scores,
-            random_scores,
-            select_regions,
-        )
-        from halo_ray.sampling import image_seed
-
         cfg = self.cfg
-        regions, costs = self._region_facts()
-        n, width = costs.shape
-        available = self.pool.available_table(regions, before_round=r)
+        regions = self._region_counts()
+        n, width = len(regions), max(regions)
         chunk = max(cfg.eval_batch_size, 1) * 4
         batches = [list(range(s, min(s + chunk, n))) for s in range(0, n, chunk)]
-        strategy = "random" if cfg.reference and r == 1 else cfg.strategy  # the released first round is random
-        if strategy == "random":
-            gen = torch.Generator().manual_seed(image_seed(cfg.seed, r, 0))
-            scores = random_scores((n, width), gen)
-        else:
+        parts: list = []
+        if not (cfg.strategy == "random" or (cfg.reference and r == 1)):  # the released first round is random
             prior = None
-            if strategy == "pixbal":  # the mean of per-batch mean probabilities (released pass 1)
-                per_image = torch.stack([m for b in batches for m in self.scorer.class_means(r, b)])
-                step = max(cfg.eval_batch_size, 1)
-                prior = torch.stack([per_image[s : s + step].mean(0) for s in range(0, n, step)]).mean(0)
-            parts = [self.scorer.region_terms(r, b, prior, width) for b in batches]
-            means, dominant = torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
-            if strategy in REGION_STRATEGIES:  # with an "undefined" output, regions it dominates score 0
-                scores = combine_region_scores(
-                    strategy, means, dominant, num_channels=len(CITYSCAPES_CLASSES) + int(cfg.undefined_output),
-                    ban_void=cfg.undefined_output,
-                )
-            else:
-                scores = means
-        order, clicks = select_regions(
-            scores, costs[..., None], budget=cfg.clicks_per_round, available=available, reference=cfg.reference
-        )
+            if cfg.strategy == "pixbal":  # the mean of per-batch mean probabilities (released pass 1)
+                means = [m for b in batches for m in _handed_over_parts(self.scorer, "class_means", r, b)]
+                prior = _handed_over(self.learner, "pixbal_prior", *means)
+            parts = [p for b in batches for p in _handed_over_parts(self.scorer, "region_terms", r, b, prior, width)]
+        available = _handed_over(self.pool, "available_table", regions, before_round=r)
+        order, _ = self.learner.rank_regions(r, available, *parts)
         revealed = sorted(set(order[:, 0].tolist()))
         for i in revealed:
             self.pool.reveal(r, i, order[order[:, 0] == i, 1])
@@ -325,8 +297,8 @@ class ActiveLearningRun:
     def _give_learner_every_label(self) -> None:
         """Hand the learner every label revealed so far (a fresh start, or a resume)."""
         if self.multiclass:
-            regions, _ = self._region_facts()
-            self.learner.set_answers(self.pool.targets_of(self.pool.answered_images(), regions))
+            regions = self._region_counts()
+            self.learner.set_answers(_handed_over(self.pool, "targets_of", self.pool.answered_images(), regions))
         else:
             self.learner.set_target_labels(self.pool.revealed_labels())  # every round so far, sparse
 
@@ -467,11 +439,18 @@ class ActiveLearningRun:
             self.recorder.trial_id = saved
 
 
-def _handed_over(target: object, method: str) -> object:
-    """``target.<method>()`` for another call: an actor's result stays in Ray's object store
+def _handed_over(target: object, method: str, *args: Any, **kwargs: Any) -> object:
+    """``target.<method>(...)`` for another call: an actor's result stays in Ray's object store
     (:meth:`~halo_ray.distributed.actors.ActorProxy.handover`), an in-process object's is the value."""
     handover = getattr(target, "handover", None)
-    return handover(method) if handover is not None else getattr(target, method)()
+    return handover(method, *args, **kwargs) if handover is not None else getattr(target, method)(*args, **kwargs)
+
+
+def _handed_over_parts(scorer: object, method: str, *args: Any) -> list:
+    """:func:`_handed_over` for a scorer, which may fan out: one result (or reference) per
+    part of the images, in order (:meth:`~halo_ray.distributed.actors.FanOutScorer.handover_parts`)."""
+    parts = getattr(scorer, "handover_parts", None)
+    return parts(method, *args) if parts is not None else [getattr(scorer, method)(*args)]
 
 
 def _begun(target: object, method: str, *args: Any, **kwargs: Any) -> Callable[[], Any]:
