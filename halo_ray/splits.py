@@ -89,7 +89,7 @@ def region_answers(cfg: ExperimentConfig, train: Any = None) -> RegionAnswers:
     """Unit multiclass: every target-train superpixel's ground-truth answer, cached beside the
     superpixels (:class:`~halo_ray.region_answers.RegionAnswers`, whose ``superpixels`` the
     pool reads too), for the run's pool; ``train`` as in :func:`superpixel_source`."""
-    from halo_ray.region_answers import RegionAnswers  # imports torch: multiclass runs only
+    from halo_ray.region_answers import RegionAnswers  # loaded by multiclass runs only
 
     train = open_split(cfg, "train") if train is None else train
     return RegionAnswers(superpixel_source(cfg, train), train, num_classes=len(CITYSCAPES_CLASSES), trim=cfg.trim)

@@ -443,11 +443,11 @@ def test_two_node_cluster_search_survives_a_killed_worker_node(tmp_path, tiny_co
 
 
 def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_session, tmp_path, tiny_config_values,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     """Unit multiclass through Ray: the pool is a RegionPool actor, PixBal's two passes fan out
     over 2 scorer actors, and each round spends at most its clicks. The superpixel cache is a
-    path relative to the launching directory, given by a variant: every trial process (each
-    with its own working directory) finds it there."""
+    path relative to the launching directory, given by a variant: the search fills it before
+    its trials, and every trial process (each with its own working directory) finds it there."""
     from halo_ray.pool import ArrayOracle
     from halo_ray.region_pool import RegionPool
 
@@ -462,6 +462,7 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
     args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6",
             "--no-warm-learners"]  # every learner process started cold: the same rows
     assert main(args) == 0
+    assert "superpixels (grid): 8 computed, 0 cached" in capsys.readouterr().err  # by the search, ahead
     frame, state = _final_state(storage, "tiny")
     assert list(frame["round"]) == [0, 1, 2] and list(frame["click_budget"]) == [0, 30, 60]
     assert all(0 < b - a <= 30 for a, b in zip(frame["clicks"], frame["clicks"].iloc[1:], strict=False))
@@ -470,6 +471,24 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
     pool.load_state_dict(state["pool"])
     assert pool.clicks == frame["clicks"].iloc[-1]
     assert len(list((tmp_path / "spx").rglob("*.npz"))) >= 8  # the superpixels and their answers, there
+
+
+def test_a_multiclass_grid_with_superpixels_too_small_for_trim_is_refused_before_the_search(
+    ray_session, tmp_path, tiny_config_values, capsys
+):
+    """One grid point's superpixels leave no interior inside the trim band: exit 2 naming the
+    search, the count and trim, before any trial runs or anything is written to the storage."""
+    space = _space(
+        tmp_path, tiny_config_values, parameters={"num_superpixels": {"grid": [32, 2000]}},
+        set={"unit": "multiclass", "strategy": "pixbal", "clicks_per_round": 30, "superpixels": "grid",
+             "superpixel_cache": str(tmp_path / "spx"), "log_images": 0},
+    )
+    storage = tmp_path / "runs"
+    assert main(["search", str(space), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert "search tiny: num_superpixels=2000 on 64x128 target images makes regions of about 2.0 px a side" in err
+    assert "trim=5" in err and not storage.exists()
+    assert not list((tmp_path / "spx").rglob("*.npz"))  # checked before any set was computed
 
 
 def test_trial_resources_the_cluster_cannot_place_are_refused_before_the_search(ray_session, tmp_path, capsys,

@@ -32,12 +32,17 @@ from typing import Any
 from ray import tune
 
 from halo_ray.atomic import atomic_write_bytes
-from halo_ray.config import ExperimentConfig, build_config, default_values
+from halo_ray.config import ConfigError, ExperimentConfig, build_config, default_values
 from halo_ray.distributed.actors import TrialResources, start_trial_actors
 from halo_ray.distributed.space import VARIANT_KEY, SearchSpace, SearchSpaceError
 from halo_ray.distributed.warm import WarmLearners, learner_runtime_env
 from halo_ray.rundir import claim_run_directory
-from halo_ray.splits import ensure_data
+from halo_ray.splits import (
+    check_regions_fit_trim,
+    ensure_data,
+    ensure_superpixels,
+    superpixel_source,
+)
 
 # A trial's process imports this module to find ``run_trial``: nothing imported above loads
 # torch, so the trial creates its actors first and imports the run loop (torch) while they
@@ -255,6 +260,40 @@ def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[Experime
     return [cfg for files, cfg in needed.items() if trials[files] >= 2]
 
 
+def superpixels_to_fill(space: SearchSpace) -> list[ExperimentConfig]:
+    """One trial config per superpixel set (target-train images, method, count, cache folder)
+    the search's multi-class trials read, when every trial is known before the search starts
+    (every parameter a grid axis). The search fills them before its trials, on the driver's
+    CPUs, instead of the first trial's process on its small bundle while the trial's other
+    bundles, and the trials that share the set, wait; a config whose superpixels are too small
+    for its ``trim`` is refused there, before anything runs."""
+    if any(not p.is_grid_axis(space.searcher) for p in space.parameters):
+        return []
+    sets: dict[tuple, ExperimentConfig] = {}
+    for point in space.grid_points():
+        cfg = build_config(_absolute(space.trial_config(point).to_values()), origin=f"search {space.name}")
+        if cfg.unit != "multiclass":
+            continue
+        conditions = tuple(cfg.target_conditions) if cfg.target == "acdc" else ()
+        key = (cfg.target, str(cfg.target_path), conditions, str(cfg.superpixel_cache), cfg.superpixels,
+               cfg.num_superpixels)
+        sets.setdefault(key, cfg)
+    return list(sets.values())
+
+
+def _fill_superpixels(space: SearchSpace) -> None:
+    """Fill every superpixel set of :func:`superpixels_to_fill`, after checking them all (a set
+    too small for its ``trim`` is refused before any is computed)."""
+    sets = superpixels_to_fill(space)
+    try:
+        for cfg in sets:
+            check_regions_fit_trim(cfg, sorted(set(superpixel_source(cfg).shapes)))
+    except ConfigError as err:
+        raise ConfigError(f"search {space.name}: {err}") from None
+    for cfg in sets:
+        ensure_superpixels(cfg, log=lambda message: print(message, file=sys.stderr, flush=True))
+
+
 def _pretrain_source(values: dict[str, Any]) -> None:
     """Ray task: train and cache one source model (the trials then read it)."""
     from halo_ray.learner import Learner
@@ -397,6 +436,7 @@ def run_search(
     if resume:
         _check_same_search(space, paths.root / "search.json")
     ensure_data(space.base_config().replace(data_root=str(Path(space.base_config().data_root).resolve())))
+    _fill_superpixels(space)
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(paths.root / "search.json", lambda tmp: tmp.write_text(json.dumps(space.to_dict(), indent=2)))
     sources = sources_to_pretrain(space, paths)
@@ -436,6 +476,6 @@ def run_search(
 
 __all__ = [
     "KeepLearnersWarm", "ProgressView", "SearchPaths", "concurrent_trials", "pretrain_sources", "run_search",
-    "run_trial", "sources_to_pretrain", "trial_checkpoint",
+    "run_trial", "sources_to_pretrain", "superpixels_to_fill", "trial_checkpoint",
 ]
 
