@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import io
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from halo_ray.atomic import atomic_write_bytes
+from halo_ray.data.cpus import usable_cpus
 
 __all__ = ["VOID", "RegionAnswers", "answer_table", "trimmed_region_mask"]
 
@@ -167,3 +169,24 @@ class RegionAnswers:
         np.savez(buffer, packed=np.packbits(multihot, axis=1), pixels=pixels, stamp=stamp)
         atomic_write_bytes(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
         return multihot, pixels
+
+    def fill(self, workers: int | None = None) -> int:
+        """Compute every image's answers the cache lacks or holds stale, ``workers`` images at a
+        time in threads (None: one per CPU this process may use; label decoding and the numpy
+        and scipy arithmetic release the GIL for most of an image); returns how many were
+        computed. A search fills them before its trials, so no label pool decodes labels."""
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be None or an integer >= 1, but got workers={workers!r}")
+
+        def one(index: int) -> bool:
+            if self._read(self.path(index), self._stamp(index)) is not None:
+                return False
+            self(index)
+            return True
+
+        indices = range(len(self.superpixels.names))
+        workers = usable_cpus() if workers is None else workers
+        if workers == 1:
+            return sum(one(i) for i in indices)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="answers") as pool:
+            return sum(pool.map(one, indices))

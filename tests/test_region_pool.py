@@ -194,3 +194,32 @@ def test_region_answers_are_cached_beside_the_superpixels_and_recomputed_when_st
     for key, value in plain.state_dict().items():
         other = cached.state_dict()[key]
         assert np.array_equal(value, other) if isinstance(value, np.ndarray) else value == other, key
+
+
+def test_region_answers_fill_computes_what_the_cache_lacks_in_threads(tiny_benchmark, tmp_path):
+    """``fill`` computes each missing or stale answer once (the count it returns), in threads,
+    the same files as reading image by image; a filled cache computes nothing more."""
+    import os
+
+    from halo_ray.data import open_dataset
+    from halo_ray.data.superpixels import CachedSuperpixels
+    from halo_ray.region_answers import RegionAnswers
+
+    target = open_dataset("cityscapes", tiny_benchmark / "cityscapes", split="train")
+    one_by_one = CachedSuperpixels(target, tmp_path / "a", method="grid", num_superpixels=32)
+    threaded = CachedSuperpixels(target, tmp_path / "b", method="grid", num_superpixels=32)
+    for spx in (one_by_one, threaded):
+        spx.ensure(target)
+    serial, parallel = RegionAnswers(one_by_one, target, trim=3), RegionAnswers(threaded, target, trim=3)
+    for i in range(len(target)):
+        serial(i)
+    assert parallel.fill(workers=3) == len(target) == 8
+    assert parallel.fill() == 0 and serial.fill(workers=1) == 0
+    for i in range(len(target)):
+        for a, b in zip(serial(i), parallel(i), strict=True):
+            np.testing.assert_array_equal(a, b)
+    label_file = target.label_path(5)
+    os.utime(label_file, ns=(os.stat(label_file).st_atime_ns, os.stat(label_file).st_mtime_ns + 10**9))
+    assert parallel.fill(workers=2) == 1  # the stale one only
+    with pytest.raises(ValueError, match="workers must be None or an integer >= 1, but got workers=0"):
+        parallel.fill(workers=0)

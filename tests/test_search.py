@@ -446,8 +446,9 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
                                                                           monkeypatch, capsys):
     """Unit multiclass through Ray: the pool is a RegionPool actor, PixBal's two passes fan out
     over 2 scorer actors, and each round spends at most its clicks. The superpixel cache is a
-    path relative to the launching directory, given by a variant: the search fills it before
-    its trials, and every trial process (each with its own working directory) finds it there."""
+    path relative to the launching directory, given by a variant: the search fills it (and the
+    regions' answers) before its trials, and every trial process (each with its own working
+    directory) finds it there."""
     from halo_ray.pool import ArrayOracle
     from halo_ray.region_pool import RegionPool
 
@@ -462,7 +463,8 @@ def test_multiclass_search_with_scorer_actors_spends_clicks_within_budget(ray_se
     args = ["search", str(space), "--storage", str(storage), "--scorers-per-trial", "2", "--cpus-per-trial", "0.6",
             "--no-warm-learners"]  # every learner process started cold: the same rows
     assert main(args) == 0
-    assert "superpixels (grid): 8 computed, 0 cached" in capsys.readouterr().err  # by the search, ahead
+    err = capsys.readouterr().err  # the search filled the superpixels and the regions' answers ahead
+    assert "superpixels (grid): 8 computed, 0 cached" in err and "region answers (trim 5): 8 computed" in err
     frame, state = _final_state(storage, "tiny")
     assert list(frame["round"]) == [0, 1, 2] and list(frame["click_budget"]) == [0, 30, 60]
     assert all(0 < b - a <= 30 for a, b in zip(frame["clicks"], frame["clicks"].iloc[1:], strict=False))

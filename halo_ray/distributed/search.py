@@ -41,6 +41,7 @@ from halo_ray.splits import (
     check_regions_fit_trim,
     ensure_data,
     ensure_superpixels,
+    region_answers,
     superpixel_source,
 )
 
@@ -262,11 +263,12 @@ def sources_to_pretrain(space: SearchSpace, paths: SearchPaths) -> list[Experime
 
 def superpixels_to_fill(space: SearchSpace) -> list[ExperimentConfig]:
     """One trial config per superpixel set (target-train images, method, count, cache folder)
-    the search's multi-class trials read, when every trial is known before the search starts
-    (every parameter a grid axis). The search fills them before its trials, on the driver's
-    CPUs, instead of the first trial's process on its small bundle while the trial's other
-    bundles, and the trials that share the set, wait; a config whose superpixels are too small
-    for its ``trim`` is refused there, before anything runs."""
+    and answer ``trim`` the search's multi-class trials read, when every trial is known before
+    the search starts (every parameter a grid axis). The search fills the superpixels and the
+    regions' answers before its trials, on the driver's CPUs, instead of the first trial's
+    processes on their small bundles (the answers in its label pool, at round 1) while the
+    trial's other bundles, and the trials that share the set, wait; a config whose
+    superpixels are too small for its ``trim`` is refused there, before anything runs."""
     if any(not p.is_grid_axis(space.searcher) for p in space.parameters):
         return []
     sets: dict[tuple, ExperimentConfig] = {}
@@ -276,14 +278,14 @@ def superpixels_to_fill(space: SearchSpace) -> list[ExperimentConfig]:
             continue
         conditions = tuple(cfg.target_conditions) if cfg.target == "acdc" else ()
         key = (cfg.target, str(cfg.target_path), conditions, str(cfg.superpixel_cache), cfg.superpixels,
-               cfg.num_superpixels)
+               cfg.num_superpixels, cfg.trim)
         sets.setdefault(key, cfg)
     return list(sets.values())
 
 
 def _fill_superpixels(space: SearchSpace) -> None:
-    """Fill every superpixel set of :func:`superpixels_to_fill`, after checking them all (a set
-    too small for its ``trim`` is refused before any is computed)."""
+    """Fill every superpixel set of :func:`superpixels_to_fill` and its regions' answers, after
+    checking them all (a set too small for its ``trim`` is refused before any is computed)."""
     sets = superpixels_to_fill(space)
     try:
         for cfg in sets:
@@ -292,6 +294,12 @@ def _fill_superpixels(space: SearchSpace) -> None:
         raise ConfigError(f"search {space.name}: {err}") from None
     for cfg in sets:
         ensure_superpixels(cfg, log=lambda message: print(message, file=sys.stderr, flush=True))
+        answers = region_answers(cfg)
+        t0 = time.perf_counter()
+        computed = answers.fill()
+        if computed:
+            print(f"region answers (trim {cfg.trim}): {computed} computed in {time.perf_counter() - t0:.1f}s | "
+                  f"{answers.folder}", file=sys.stderr, flush=True)
 
 
 def _pretrain_source(values: dict[str, Any]) -> None:
