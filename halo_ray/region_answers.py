@@ -172,9 +172,9 @@ class RegionAnswers:
 
     def fill(self, workers: int | None = None) -> int:
         """Compute every image's answers the cache lacks or holds stale, ``workers`` images at a
-        time in threads (None: one per CPU this process may use; label decoding and the numpy
-        and scipy arithmetic release the GIL for most of an image); returns how many were
-        computed. A search fills them before its trials, so no label pool decodes labels."""
+        time in threads (None: one per CPU this process may use; file reads and label decoding
+        overlap there, not measured at scale); returns how many were computed. A search fills
+        them before its trials, so no label pool decodes labels."""
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be None or an integer >= 1, but got workers={workers!r}")
 
