@@ -279,19 +279,6 @@ class FanOutScorer:
             kept.update(maps)
         return centres, kept
 
-    def class_means(self, round_index: int, indices: Sequence[int]) -> list[torch.Tensor]:
-        """Unit multiclass: per-image mean class probabilities (:meth:`Learner.class_means`)."""
-        return [m for chunk in self._fan_out("class_means", round_index, indices) for m in chunk]
-
-    def region_terms(
-        self, round_index: int, indices: Sequence[int], prior: torch.Tensor | None, num_regions: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit multiclass: per-region ``(means, dominant)`` (:meth:`Learner.region_terms`), in order."""
-        import torch
-
-        parts = self._fan_out("region_terms", round_index, indices, prior, num_regions)
-        return torch.cat([m for m, _ in parts]), torch.cat([d for _, d in parts])
-
 
 @dataclass
 class TrialActors:

@@ -41,6 +41,7 @@ from halo_ray.splits import (
     check_regions_fit_trim,
     ensure_data,
     ensure_superpixels,
+    open_split,
     region_answers,
     superpixel_source,
 )
@@ -286,15 +287,15 @@ def superpixels_to_fill(space: SearchSpace) -> list[ExperimentConfig]:
 def _fill_superpixels(space: SearchSpace) -> None:
     """Fill every superpixel set of :func:`superpixels_to_fill` and its regions' answers, after
     checking them all (a set too small for its ``trim`` is refused before any is computed)."""
-    sets = superpixels_to_fill(space)
+    sets = [(cfg, open_split(cfg, "train")) for cfg in superpixels_to_fill(space)]  # headers read once per set
     try:
-        for cfg in sets:
-            check_regions_fit_trim(cfg, sorted(set(superpixel_source(cfg).shapes)))
+        for cfg, train in sets:
+            check_regions_fit_trim(cfg, sorted(set(superpixel_source(cfg, train).shapes)))
     except ConfigError as err:
         raise ConfigError(f"search {space.name}: {err}") from None
-    for cfg in sets:
-        ensure_superpixels(cfg, log=lambda message: print(message, file=sys.stderr, flush=True))
-        answers = region_answers(cfg)
+    for cfg, train in sets:
+        ensure_superpixels(cfg, log=lambda message: print(message, file=sys.stderr, flush=True), train=train)
+        answers = region_answers(cfg, train)
         t0 = time.perf_counter()
         computed = answers.fill()
         if computed:

@@ -47,7 +47,8 @@ __all__ = ["ActiveLearningRun", "Scorer", "run_experiment"]
 
 class Scorer(Protocol):
     """Anything that scores and selects target-train images like :meth:`Learner.select` (and,
-    for the multi-class unit, :meth:`Learner.class_means` / :meth:`Learner.region_terms`)."""
+    for the multi-class unit, computes :meth:`Learner.class_means` / :meth:`Learner.region_terms`
+    in parts: ``handover_parts``, or the learner's own methods in-process)."""
 
     def select(
         self, round_index: int, indices: Sequence[int], picks: Sequence[int], prior: Sequence[np.ndarray], *,
